@@ -1,0 +1,180 @@
+"""Elementwise functions, each defined once by a sympy expression.
+
+The expression is the single source of truth: its derivative (for the VJP), the fused scalar code
+of the LLVM lowering and the numpy implementation of the runtime are all derived from it. sympy is
+imported lazily, so tracing and loading a cached artifact never need it."""
+import functools
+
+_REGISTRY = {}
+
+
+class ElementwiseFn:
+    """A named scalar function of `arity` real arguments.
+
+    `build(*xs)` returns the sympy expression. `grad(y, *xs)`, when given, returns the partial
+    derivatives written in terms of the output `y` (sigmoid' = y(1-y)): the same values as the
+    symbolic derivative, but stable where the input-only form overflows (exp(-x)/(1+exp(-x))^2 at
+    x = -100 is inf/inf). A test checks every such override against sympy's own derivative."""
+
+    def __init__(self, name, arity, build, grad=None):
+        self.name, self.arity, self.build, self.grad = name, arity, build, grad
+
+    @functools.cached_property
+    def symbols(self):
+        import sympy
+        return sympy.symbols(f"x0:{self.arity}", real=True)
+
+    @functools.cached_property
+    def expr(self):
+        return self.build(*self.symbols)
+
+    def derivative(self, i):
+        """The ElementwiseFn of d(self)/d(x_i), taking (x_0 .. x_{n-1}, y) so that it may use
+        the forward output y."""
+        name = f"d{i}_{self.name}"
+        if name not in _REGISTRY:
+            register(ElementwiseFn(name, self.arity + 1, functools.partial(_partial, self, i)))
+        return _REGISTRY[name]
+
+    def __repr__(self):
+        return f"ElementwiseFn({self.name})"
+
+
+def _partial(fn, i, *syms):
+    import sympy
+    xs, y = syms[:-1], syms[-1]
+    if fn.grad is not None:
+        return sympy.sympify(fn.grad(y, *xs)[i])
+    expr = fn.build(*xs)
+    d = sympy.diff(expr, xs[i])
+    if expr.has(*xs) and not expr.is_Symbol:
+        d = d.subs(expr, y)
+    return d
+
+
+def register(fn):
+    _REGISTRY[fn.name] = fn
+    return fn
+
+
+def get(name):
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        index, _, base = name[1:].partition("_")
+        if name.startswith("d") and index.isdigit() and base:
+            return get(base).derivative(int(index))
+        raise
+
+
+def names():
+    return list(_REGISTRY)
+
+
+def _sp():
+    import sympy
+    return sympy
+
+
+def _piecewise(value_if, cond, value_else):
+    sp = _sp()
+    return sp.Piecewise((value_if, cond), (value_else, True))
+
+
+def _builtin(name, arity, grad=None):
+    def wrap(build):
+        register(ElementwiseFn(name, arity, build, grad))
+        return build
+    return wrap
+
+
+@_builtin("add", 2)
+def _add(a, b): return a + b
+
+
+@_builtin("sub", 2)
+def _sub(a, b): return a - b
+
+
+@_builtin("mul", 2)
+def _mul(a, b): return a * b
+
+
+@_builtin("div", 2)
+def _div(a, b): return a / b
+
+
+@_builtin("neg", 1)
+def _neg(a): return -a
+
+
+@_builtin("pow", 2)
+def _pow(a, b): return a ** b
+
+
+@_builtin("square", 1)
+def _square(a): return a ** 2
+
+
+@_builtin("sqrt", 1)
+def _sqrt(a): return _sp().sqrt(a)
+
+
+@_builtin("exp", 1, grad=lambda y, x: [y])
+def _exp(a): return _sp().exp(a)
+
+
+@_builtin("log", 1)
+def _log(a): return _sp().log(a)
+
+
+@_builtin("tanh", 1, grad=lambda y, x: [1 - y ** 2])
+def _tanh(a): return _sp().tanh(a)
+
+
+@_builtin("sigmoid", 1, grad=lambda y, x: [y * (1 - y)])
+def _sigmoid(a): return 1 / (1 + _sp().exp(-a))
+
+
+@_builtin("relu", 1)
+def _relu(a): return _piecewise(a, a > 0, 0)
+
+
+@_builtin("abs", 1)
+def _abs(a): return _piecewise(a, a >= 0, -a)
+
+
+@_builtin("maximum", 2)
+def _maximum(a, b): return _piecewise(a, a >= b, b)
+
+
+@_builtin("minimum", 2)
+def _minimum(a, b): return _piecewise(a, a <= b, b)
+
+
+@_builtin("greater", 2)
+def _greater(a, b): return _piecewise(1, a > b, 0)
+
+
+@_builtin("greater_equal", 2)
+def _greater_equal(a, b): return _piecewise(1, a >= b, 0)
+
+
+@_builtin("less", 2)
+def _less(a, b): return _piecewise(1, a < b, 0)
+
+
+@_builtin("less_equal", 2)
+def _less_equal(a, b): return _piecewise(1, a <= b, 0)
+
+
+@_builtin("equal", 2)
+def _equal(a, b): return _piecewise(1, _sp().Eq(a, b), 0)
+
+
+@_builtin("where", 3)
+def _where(c, a, b): return _piecewise(a, _sp().Ne(c, 0), b)
+
+
+@_builtin("identity", 1)
+def _identity(a): return a

@@ -1,0 +1,63 @@
+"""LLVM for the host: the target machine, the O3 pipeline, object code and assembly.
+
+llvmlite >= 0.45 has no `llvm.initialize()` (it raises) and only the new pass manager."""
+import functools
+import time
+
+import llvmlite
+import llvmlite.binding as llvm
+
+
+@functools.lru_cache(maxsize=None)
+def target_machine():
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    triple = llvm.get_process_triple()
+    target = llvm.Target.from_triple(triple)
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=host_features(),
+                                        opt=3, codemodel="jitdefault", jit=True)
+
+
+@functools.lru_cache(maxsize=None)
+def host_features():
+    return llvm.get_host_cpu_features().flatten()
+
+
+def host_description():
+    """What the object code depends on: part of every cache key."""
+    return (f"llvmlite={llvmlite.__version__} llvm={'.'.join(map(str, llvm.llvm_version_info))} "
+            f"cpu={llvm.get_host_cpu_name()} features={host_features()}")
+
+
+def vector_widths():
+    """SIMD lanes per dtype on this CPU (AVX-512: 16 floats, AVX2: 8, else 4)."""
+    import numpy as np
+    bits = 512 if "+avx512f" in host_features() else 256 if "+avx" in host_features() else 128
+    return {np.dtype(np.float32): bits // 32, np.dtype(np.float64): bits // 64}
+
+
+def optimize(ir_text):
+    """Parse, verify and optimise at O3 with loop and SLP vectorisation.
+    Returns (llvm module, seconds parsing, seconds optimising)."""
+    tm = target_machine()
+    t0 = time.perf_counter()
+    mod = llvm.parse_assembly(ir_text)
+    mod.verify()
+    mod.triple = tm.triple
+    mod.data_layout = str(tm.target_data)
+    t1 = time.perf_counter()
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = True
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return mod, t1 - t0, time.perf_counter() - t1
+
+
+def emit_object(mod):
+    return target_machine().emit_object(mod)
+
+
+def emit_assembly(mod):
+    return target_machine().emit_assembly(mod)

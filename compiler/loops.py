@@ -1,0 +1,36 @@
+"""Counted loops in LLVM IR in the shape the loop vectoriser wants: an i64 induction variable
+from `start` by a constant `step`, one exit test at the bottom, guarded for zero trips."""
+from llvmlite import ir
+
+I64 = ir.IntType(64)
+
+
+def i64(v):
+    return v if isinstance(v, ir.Value) else ir.Constant(I64, int(v))
+
+
+def for_range(b, start, stop, body, step=1, name="i"):
+    """Emit `for i in range(start, stop, step): body(i)`; leaves `b` after the loop."""
+    start, stop = i64(start), i64(stop)
+    fn = b.function
+    header = fn.append_basic_block(f"{name}.body")
+    done = fn.append_basic_block(f"{name}.end")
+    b.cbranch(b.icmp_signed("<", start, stop), header, done)
+    pre = b.block
+    b.position_at_end(header)
+    i = b.phi(I64, name=name)
+    i.add_incoming(start, pre)
+    body(i)
+    nxt = b.add(i, i64(step), name=f"{name}.next")
+    i.add_incoming(nxt, b.block)
+    b.cbranch(b.icmp_signed("<", nxt, stop), header, done)
+    b.position_at_end(done)
+
+
+def smin(b, x, y):
+    x, y = i64(x), i64(y)
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def gep(b, ptr, index, ty):
+    return b.gep(ptr, [i64(index)], inbounds=True, source_etype=ty)

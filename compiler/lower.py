@@ -1,0 +1,190 @@
+"""Lowering a Plan to one LLVM module: a function per kernel over `noalias` pointers, and the
+exported step function that calls them in order.
+
+    i32 step(ptr bufs, ptr scalars)
+
+`bufs[0]` is the arena, `bufs[i]` the i-th external array (inputs, parameters, state, constants,
+outputs); `scalars` the float64 host scalars (learning rate, beta^t, ...). The step runs every
+compute kernel, then checks that the loss is finite: if not it returns 1 before the update
+kernels, so parameters and optimiser state are never written from a non-finite step."""
+import numpy as np
+from llvmlite import ir
+
+from . import transcendental as tr
+from .loops import I64, for_range, gep, i64
+from .matmul import emit_gemm
+from .plan import GemmKernel
+from .scalar_codegen import emit_expressions
+
+PTR = ir.PointerType()
+I32 = ir.IntType(32)
+REDUCE_FLAGS = ("reassoc", "contract")
+
+
+def llvm_type(dtype):
+    dtype = np.dtype(dtype)
+    return {"float32": ir.FloatType(), "float64": ir.DoubleType(), "int64": ir.IntType(64),
+            "int32": ir.IntType(32), "bool": ir.IntType(8), "uint8": ir.IntType(8),
+            "int8": ir.IntType(8), "int16": ir.IntType(16)}[dtype.name]
+
+
+def _convert(b, v, src, dst_ty):
+    src = np.dtype(src)
+    if src.kind == "f":
+        if isinstance(dst_ty, ir.DoubleType) and src.itemsize == 4:
+            return b.fpext(v, dst_ty)
+        if isinstance(dst_ty, ir.FloatType) and src.itemsize == 8:
+            return b.fptrunc(v, dst_ty)
+        return v
+    if src.kind in "bu":
+        return b.uitofp(v, dst_ty)
+    return b.sitofp(v, dst_ty)
+
+
+def _collapse(shape, operand_strides):
+    """Merge adjacent iteration dims that every operand walks contiguously, so loops are as
+    few and as long as possible (the innermost one is what vectorises)."""
+    dims = [(s, [st[d] for st in operand_strides]) for d, s in enumerate(shape) if s != 1]
+    if not dims:
+        return (), [() for _ in operand_strides]
+    merged = [dims[0]]
+    for s, sts in dims[1:]:
+        ps, psts = merged[-1]
+        if all(p == q * s for p, q in zip(psts, sts)):
+            merged[-1] = (ps * s, sts)
+        else:
+            merged.append((s, sts))
+    shape = tuple(s for s, _ in merged)
+    strides = [tuple(sts[k] for _, sts in merged) for k in range(len(operand_strides))]
+    return shape, strides
+
+
+def _kernel_function(module, name, buffers):
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * len(buffers)), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for a in fn.args:
+        a.add_attribute("noalias")
+    return fn
+
+
+def _distinct_buffers(layouts):
+    out = []
+    for lay in layouts:
+        if all(lay.buffer is not b for b in out):
+            out.append(lay.buffer)
+    return out
+
+
+def emit_loop_kernel(module, kern):
+    ty = llvm_type(kern.dtype)
+    layouts = [lay for lay, _ in kern.inputs] + [lay for lay, _, _ in kern.outputs]
+    buffers = _distinct_buffers(layouts)
+    fn = _kernel_function(module, kern.name, buffers)
+    arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    shape, strides = _collapse(kern.shape, [lay.strides for lay in layouts])
+    n_in = len(kern.inputs)
+    if int(np.prod(kern.shape, dtype=np.int64)) == 0:
+        b.ret_void()
+        return fn, buffers
+
+    for lay, _, mode in kern.outputs:
+        if mode in ("sum", "max"):
+            count = int(np.prod([s for s, st in zip(lay.shape, lay.strides) if st != 0],
+                                dtype=np.int64))
+            init = ir.Constant(ty, 0.0 if mode == "sum" else -np.inf)
+            base = arg[id(lay.buffer)]
+            for_range(b, 0, count, lambda i, base=base, off=lay.offset:
+                      b.store(init, gep(b, base, b.add(i, i64(off)), ty)), name="init")
+
+    def body(indices):
+        def offset(lay, st):
+            off = i64(lay.offset)
+            for i, s in zip(indices, st):
+                if s:
+                    off = b.add(off, b.mul(i, i64(s)))
+            return off
+        env = {}
+        for (lay, sym), st in zip(kern.inputs, strides[:n_in]):
+            lty = llvm_type(lay.dtype)
+            v = b.load(gep(b, arg[id(lay.buffer)], offset(lay, st), lty), typ=lty)
+            env[sym] = _convert(b, v, lay.dtype, ty)
+        values = emit_expressions(b, [e for _, e, _ in kern.outputs], env, ty)
+        for (lay, _, mode), st, v in zip(kern.outputs, strides[n_in:], values):
+            p = gep(b, arg[id(lay.buffer)], offset(lay, st), ty)
+            if mode == "sum":
+                v = b.fadd(b.load(p, typ=ty), v, flags=REDUCE_FLAGS)
+            elif mode == "max":
+                v = tr.call(b, "maximum", ty, b.load(p, typ=ty), v)
+            b.store(v, p)
+
+    def nest(depth, indices):
+        if depth == len(shape):
+            body(indices)
+            return
+        for_range(b, 0, shape[depth], lambda i: nest(depth + 1, indices + [i]),
+                  name=f"d{depth}")
+    nest(0, [])
+    b.ret_void()
+    return fn, buffers
+
+
+def emit_gemm_kernel(module, kern, vector_width):
+    ty = llvm_type(kern.out.dtype)
+    fn = emit_gemm(module, kern.name, ty, vector_width, kern.m, kern.n, kern.k,
+                   kern.a.strides, kern.b.strides)
+    return fn
+
+
+def lower(plan, step_name, vector_width):
+    """The LLVM module (llvmlite.ir) of a Plan, exporting `step_name`."""
+    module = ir.Module(name=step_name)
+    step = ir.Function(module, ir.FunctionType(I32, [PTR, PTR]), name=step_name)
+    step.attributes.add("nounwind")
+    bufs_arg, scalars_arg = step.args
+    bufs_arg.name, scalars_arg.name = "bufs", "scalars"
+    b = ir.IRBuilder(step.append_basic_block("entry"))
+    arena = b.load(gep(b, bufs_arg, 0, PTR), typ=PTR, name="arena")
+    ext = {}
+
+    def base(buf):
+        if buf.kind == "scalars":
+            return scalars_arg
+        if buf.kind == "arena":
+            return b.gep(arena, [i64(buf.offset)], inbounds=True, source_etype=ir.IntType(8))
+        if buf.slot not in ext:
+            ext[buf.slot] = b.load(gep(b, bufs_arg, buf.slot, PTR), typ=PTR,
+                                   name=f"ext{buf.slot}")
+        return ext[buf.slot]
+
+    def at(lay):
+        ty = llvm_type(lay.dtype)
+        return gep(b, base(lay.buffer), lay.offset, ty)
+
+    def call_kernel(kern):
+        if isinstance(kern, GemmKernel):
+            fn = emit_gemm_kernel(module, kern, vector_width[np.dtype(kern.out.dtype)])
+            b.call(fn, [at(kern.a), at(kern.b), at(kern.out), base(kern.pack_a),
+                        base(kern.pack_b)])
+        else:
+            fn, buffers = emit_loop_kernel(module, kern)
+            b.call(fn, [base(buf) for buf in buffers])
+
+    for kern in plan.kernels:
+        call_kernel(kern)
+    if plan.loss_layout is not None:
+        ty = llvm_type(plan.loss_layout.dtype)
+        loss = b.load(at(plan.loss_layout), typ=ty, name="loss")
+        finite = b.fcmp_ordered("<", tr.call(b, "fabs", ty, loss), ir.Constant(ty, np.inf))
+        bad = step.append_basic_block("nonfinite")
+        good = step.append_basic_block("update")
+        b.cbranch(finite, good, bad)
+        b.position_at_end(bad)
+        b.ret(I32(1))
+        b.position_at_end(good)
+    for kern in plan.update_kernels:
+        call_kernel(kern)
+    b.ret(I32(0))
+    return module
+

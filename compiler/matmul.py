@@ -1,0 +1,200 @@
+"""Matrix product C = A @ B as a register-tiled, packed GEMM (the BLIS loop structure).
+
+A and B are read through arbitrary (row, column) strides, so transposed operands cost nothing
+extra: packing copies a KC x NC block of B into NR-wide column panels and an MC x KC block of A
+into MR-high row panels (zero-padded at the edges). The micro-kernel holds an MR x NR tile of C
+in MR * NR/VW vector accumulators across the whole k loop, broadcasting one A element and FMAing
+it against NR/VW vectors of B. With AVX2 float32 that is 6 x 16: 12 ymm accumulators."""
+from llvmlite import ir
+
+from .loops import I64, for_range, gep, i64, smin
+
+MR = 6
+KC = 256
+
+
+def vector_width(features, itemsize):
+    bits = 512 if "+avx512f" in features else 256 if "+avx" in features else 128
+    return bits // (8 * itemsize)
+
+
+def _fma(module, vty):
+    name = f"llvm.fma.v{vty.count}{'f64' if isinstance(vty.element, ir.DoubleType) else 'f32'}"
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, ir.FunctionType(vty, [vty] * 3), name=name)
+
+
+def _splat(b, x, vty):
+    undef = ir.Constant(vty, ir.Undefined)
+    ins = b.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
+    return b.shuffle_vector(ins, undef, mask)
+
+
+def _micro_kernel(module, name, ty, vw):
+    """void uk(ptr Ap, ptr Bp, ptr C, i64 ldc, i64 kc, i1 acc, i64 rows, i64 cols)."""
+    nr = 2 * vw
+    vty = ir.VectorType(ty, vw)
+    ptr = ir.PointerType()
+    fnty = ir.FunctionType(ir.VoidType(), [ptr, ptr, ptr, I64, I64, ir.IntType(1), I64, I64])
+    fn = ir.Function(module, fnty, name=name)
+    fn.linkage = "internal"
+    ap, bp, c, ldc, kc, acc_flag, rows, cols = fn.args
+    for a in (ap, bp, c):
+        a.add_attribute("noalias")
+    align = 8 if isinstance(ty, ir.DoubleType) else 4
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    fma = _fma(module, vty)
+    entry = b.block
+    loop = fn.append_basic_block("k")
+    out = fn.append_basic_block("store")
+    b.branch(loop)
+    b.position_at_end(loop)
+    k = b.phi(I64, name="k")
+    k.add_incoming(i64(0), entry)
+    zero = ir.Constant(vty, [0.0] * vw)
+    acc = [[b.phi(vty) for _ in range(2)] for _ in range(MR)]
+    for row in acc:
+        for p in row:
+            p.add_incoming(zero, entry)
+    bvec = [b.load(gep(b, bp, b.add(b.mul(k, i64(nr)), i64(j * vw)), ty), typ=vty, align=align)
+            for j in range(2)]
+    new = []
+    for r in range(MR):
+        a = b.load(gep(b, ap, b.add(b.mul(k, i64(MR)), i64(r)), ty), typ=ty, align=align)
+        av = _splat(b, a, vty)
+        new.append([b.call(fma, [av, bvec[j], acc[r][j]]) for j in range(2)])
+    for r in range(MR):
+        for j in range(2):
+            acc[r][j].add_incoming(new[r][j], loop)
+    k_next = b.add(k, i64(1))
+    k.add_incoming(k_next, loop)
+    b.cbranch(b.icmp_signed("<", k_next, kc), loop, out)
+
+    b.position_at_end(out)
+    full = b.and_(b.icmp_signed("==", rows, i64(MR)), b.icmp_signed("==", cols, i64(nr)))
+    fast = fn.append_basic_block("full")
+    edge = fn.append_basic_block("edge")
+    done = fn.append_basic_block("done")
+    b.cbranch(full, fast, edge)
+
+    b.position_at_end(fast)
+    for r in range(MR):
+        for j in range(2):
+            p = gep(b, c, b.add(b.mul(i64(r), ldc), i64(j * vw)), ty)
+            old = b.load(p, typ=vty, align=align)
+            v = b.select(acc_flag, b.fadd(old, new[r][j]), new[r][j])
+            b.store(v, p, align=align)
+    b.branch(done)
+
+    b.position_at_end(edge)
+    tile = b.alloca(ty, size=MR * nr)
+    for r in range(MR):
+        for j in range(2):
+            for lane in range(vw):
+                v = b.extract_element(new[r][j], ir.Constant(ir.IntType(32), lane))
+                b.store(v, gep(b, tile, r * nr + j * vw + lane, ty))
+
+    def copy_row(i):
+        def copy_col(j):
+            src = b.load(gep(b, tile, b.add(b.mul(i, i64(nr)), j), ty), typ=ty)
+            dst = gep(b, c, b.add(b.mul(i, ldc), j), ty)
+            old = b.load(dst, typ=ty)
+            b.store(b.select(acc_flag, b.fadd(old, src), src), dst)
+        for_range(b, 0, cols, copy_col, name="j")
+    for_range(b, 0, rows, copy_row, name="i")
+    b.branch(done)
+    b.position_at_end(done)
+    b.ret_void()
+    return fn
+
+
+def _blocking(M, N, K, vw, is_f32):
+    nr = 2 * vw
+    kc = min(K, KC)
+    nc = min(-(-N // nr) * nr, 256 if is_f32 else 128)
+    mc = min(-(-M // MR) * MR, 72)
+    return kc, nc, mc
+
+
+def pack_elements(M, N, K, vw, dtype):
+    """Elements of the packing buffers (A block, B block) the GEMM for these sizes needs."""
+    kc, nc, mc = _blocking(M, N, K, vw, dtype.itemsize == 4)
+    return mc * kc, kc * nc
+
+
+def emit_gemm(module, name, ty, vw, M, N, K, a_strides, b_strides):
+    """Define `void name(ptr A, ptr B, ptr C, ptr packA, ptr packB)`: C[M,N] (row-major,
+    contiguous) = A[M,K] @ B[K,N] with A, B read at the given element strides."""
+    nr = 2 * vw
+    kc_max, nc_max, mc_max = _blocking(M, N, K, vw, isinstance(ty, ir.FloatType))
+    uk = _micro_kernel(module, name + ".uk", ty, vw)
+    ptr = ir.PointerType()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr] * 5), name=name)
+    fn.linkage = "internal"
+    A, B, C, PA, PB = fn.args
+    for a in fn.args:
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    sam, sak = a_strides
+    sbk, sbn = b_strides
+    zero = ir.Constant(ty, 0.0)
+
+    def jc_body(jc):
+        nc = smin(b, i64(nc_max), b.sub(i64(N), jc))
+
+        def pc_body(pc):
+            kc = smin(b, i64(kc_max), b.sub(i64(K), pc))
+            npanels = b.sdiv(b.add(nc, i64(nr - 1)), i64(nr))
+
+            def pack_b(q):
+                def pack_b_k(k):
+                    src_row = b.mul(b.add(pc, k), i64(sbk))
+                    base = b.mul(b.add(b.mul(q, kc), k), i64(nr))
+                    for cc in range(nr):
+                        col = b.add(b.add(jc, b.mul(q, i64(nr))), i64(cc))
+                        ok = b.icmp_signed("<", col, i64(N))
+                        colc = b.select(ok, col, i64(N - 1))
+                        v = b.load(gep(b, B, b.add(src_row, b.mul(colc, i64(sbn))), ty), typ=ty)
+                        b.store(b.select(ok, v, zero), gep(b, PB, b.add(base, i64(cc)), ty))
+                for_range(b, 0, kc, pack_b_k, name="pbk")
+            for_range(b, 0, npanels, pack_b, name="pbq")
+
+            def ic_body(ic):
+                mc = smin(b, i64(mc_max), b.sub(i64(M), ic))
+                mpanels = b.sdiv(b.add(mc, i64(MR - 1)), i64(MR))
+
+                def pack_a(p):
+                    def pack_a_k(k):
+                        src_col = b.mul(b.add(pc, k), i64(sak))
+                        base = b.mul(b.add(b.mul(p, kc), k), i64(MR))
+                        for r in range(MR):
+                            row = b.add(b.add(ic, b.mul(p, i64(MR))), i64(r))
+                            ok = b.icmp_signed("<", row, i64(M))
+                            rowc = b.select(ok, row, i64(M - 1))
+                            v = b.load(gep(b, A, b.add(b.mul(rowc, i64(sam)), src_col), ty),
+                                       typ=ty)
+                            b.store(b.select(ok, v, zero), gep(b, PA, b.add(base, i64(r)), ty))
+                    for_range(b, 0, kc, pack_a_k, name="pak")
+                for_range(b, 0, mpanels, pack_a, name="pap")
+
+                def jr_body(q):
+                    cols = smin(b, i64(nr), b.sub(nc, b.mul(q, i64(nr))))
+
+                    def ir_body(p):
+                        rows = smin(b, i64(MR), b.sub(mc, b.mul(p, i64(MR))))
+                        a_panel = gep(b, PA, b.mul(b.mul(p, kc), i64(MR)), ty)
+                        b_panel = gep(b, PB, b.mul(b.mul(q, kc), i64(nr)), ty)
+                        row0 = b.add(ic, b.mul(p, i64(MR)))
+                        col0 = b.add(jc, b.mul(q, i64(nr)))
+                        c_tile = gep(b, C, b.add(b.mul(row0, i64(N)), col0), ty)
+                        first = b.icmp_signed("!=", pc, i64(0))
+                        b.call(uk, [a_panel, b_panel, c_tile, i64(N), kc, first, rows, cols])
+                    for_range(b, 0, mpanels, ir_body, name="ir")
+                for_range(b, 0, npanels, jr_body, name="jr")
+            for_range(b, 0, M, ic_body, step=mc_max, name="ic")
+        for_range(b, 0, K, pc_body, step=kc_max, name="pc")
+    for_range(b, 0, N, jc_body, step=nc_max, name="jc")
+    b.ret_void()
+    return fn

@@ -1,0 +1,141 @@
+"""sympy scalar expression -> LLVM instructions: the body of a fused elementwise loop.
+
+The fused group's expressions go through sympy's `cse` first, so a value shared by the forward
+and backward halves of a kernel (tanh(x) and 1 - tanh(x)^2) is computed once."""
+from llvmlite import ir
+
+from . import transcendental as tr
+from .errors import CompileError
+
+FLAGS = ("contract",)
+
+
+def emit_expressions(b, exprs, env, ty):
+    """Emit `exprs` (sympy) with `env` mapping Symbol -> llvm value; returns llvm values."""
+    import sympy as sp
+    replacements, reduced = sp.cse(exprs, optimizations=None)
+    env = dict(env)
+    memo = {}
+    for sym, e in replacements:
+        env[sym] = _emit(b, e, env, ty, memo, sp)
+    return [_emit(b, e, env, ty, memo, sp) for e in reduced]
+
+
+def _const(ty, v):
+    return ir.Constant(ty, float(v))
+
+
+def _product(b, vals, ty):
+    out = vals[0]
+    for v in vals[1:]:
+        out = b.fmul(out, v, flags=FLAGS)
+    return out
+
+
+def _int_power(b, x, n, ty):
+    """x**n for integer n >= 1 by repeated squaring."""
+    result, base = None, x
+    while n:
+        if n & 1:
+            result = base if result is None else b.fmul(result, base, flags=FLAGS)
+        n >>= 1
+        if n:
+            base = b.fmul(base, base, flags=FLAGS)
+    return result
+
+
+def _cond(b, c, env, ty, memo, sp):
+    if c is sp.true:
+        return ir.Constant(ir.IntType(1), 1)
+    if c is sp.false:
+        return ir.Constant(ir.IntType(1), 0)
+    if isinstance(c, sp.And):
+        out = _cond(b, c.args[0], env, ty, memo, sp)
+        for a in c.args[1:]:
+            out = b.and_(out, _cond(b, a, env, ty, memo, sp))
+        return out
+    if isinstance(c, sp.Or):
+        out = _cond(b, c.args[0], env, ty, memo, sp)
+        for a in c.args[1:]:
+            out = b.or_(out, _cond(b, a, env, ty, memo, sp))
+        return out
+    if c.is_Relational:
+        lhs, rhs = _emit(b, c.lhs, env, ty, memo, sp), _emit(b, c.rhs, env, ty, memo, sp)
+        if c.rel_op == "!=":
+            return b.fcmp_unordered("!=", lhs, rhs)
+        return b.fcmp_ordered(c.rel_op, lhs, rhs)
+    raise CompileError(f"cannot lower the condition {c} to LLVM")
+
+
+def _emit(b, e, env, ty, memo, sp):
+    if e in env:
+        return env[e]
+    if e in memo:
+        return memo[e]
+    v = _emit_new(b, e, env, ty, memo, sp)
+    memo[e] = v
+    return v
+
+
+def _emit_new(b, e, env, ty, memo, sp):
+    emit = lambda x: _emit(b, x, env, ty, memo, sp)  # noqa: E731
+    if e.is_Number or e in (sp.pi, sp.E):
+        return _const(ty, float(e))
+    if e.is_Add:
+        terms = [emit(a) for a in e.args]
+        out = terms[0]
+        for t in terms[1:]:
+            out = b.fadd(out, t, flags=FLAGS)
+        return out
+    if e.is_Mul:
+        num, den = [], []
+        for a in e.args:
+            if a.is_Pow and a.args[1].is_Number and a.args[1] < 0:
+                den.append(emit(a.args[0] ** (-a.args[1])))
+            elif a.is_Rational and not a.is_Integer and a.p == 1:
+                den.append(_const(ty, a.q))
+            else:
+                num.append(emit(a))
+        out = _product(b, num, ty) if num else _const(ty, 1.0)
+        if den:
+            out = b.fdiv(out, _product(b, den, ty), flags=FLAGS)
+        return out
+    if e.is_Pow:
+        base, ex = e.args
+        if ex.is_Integer:
+            n = int(ex)
+            if n == 0:
+                return _const(ty, 1.0)
+            p = _int_power(b, emit(base), abs(n), ty)
+            return p if n > 0 else b.fdiv(_const(ty, 1.0), p, flags=FLAGS)
+        if ex == sp.Rational(1, 2):
+            return tr.call(b, "sqrt", ty, emit(base))
+        if ex == -sp.Rational(1, 2):
+            return b.fdiv(_const(ty, 1.0), tr.call(b, "sqrt", ty, emit(base)), flags=FLAGS)
+        return tr.exp(b, b.fmul(emit(ex), tr.log(b, emit(base), ty), flags=FLAGS), ty)
+    if isinstance(e, sp.Piecewise):
+        (v, c), rest = e.args[0], e.args[1:]
+        if c is sp.true or not rest:
+            return emit(v)
+        return b.select(_cond(b, c, env, ty, memo, sp), emit(v), emit(sp.Piecewise(*rest)))
+    if isinstance(e, sp.exp):
+        return tr.exp(b, emit(e.args[0]), ty)
+    if isinstance(e, sp.log):
+        return tr.log(b, emit(e.args[0]), ty)
+    if isinstance(e, sp.tanh):
+        return tr.tanh(b, emit(e.args[0]), ty)
+    if isinstance(e, sp.Abs):
+        return tr.call(b, "fabs", ty, emit(e.args[0]))
+    if isinstance(e, sp.sign):
+        x = emit(e.args[0])
+        one = tr.call(b, "copysign", ty, _const(ty, 1.0), x)
+        return b.select(b.fcmp_ordered("==", x, _const(ty, 0.0)), _const(ty, 0.0), one)
+    if isinstance(e, (sp.Max, sp.Min)):
+        vals = [emit(a) for a in e.args]
+        out = vals[0]
+        rel = ">" if isinstance(e, sp.Max) else "<"
+        for v in vals[1:]:
+            out = b.select(b.fcmp_ordered(rel, out, v), out, v)
+        return out
+    raise CompileError(f"no LLVM lowering for the sympy function {e.func.__name__} in {e}; "
+                       "write the elementwise function with exp/log/tanh/powers/Piecewise")

@@ -1,0 +1,239 @@
+"""Tracing: Tracer values stand in for arrays while a loss runs, and route Python operators and
+numpy's dispatch protocols to graphflux ops, which record nodes in the active context.
+
+Contexts form a stack: the symbolic `TraceContext` here builds graph nodes; the runtime's eager
+context computes numbers and keeps a tape. Both find parameters by identity (`lift`)."""
+import numbers
+
+import numpy as np
+
+from .errors import ShapeError, TraceError
+from .graph import Node
+from .source import user_source_line
+
+_stack = []
+
+
+def current_context():
+    return _stack[-1] if _stack else None
+
+
+class Context:
+    """Entered with `with ctx:`; subclasses define `record(op, args, attrs)`."""
+
+    def __enter__(self):
+        _stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _stack.pop()
+
+
+class Tracer:
+    """An array stand-in. Subclasses provide `ctx`, `shape` and `dtype`."""
+
+    __array_priority__ = 1000
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __bool__(self):
+        raise TraceError(
+            "control flow on traced values is not supported: Python `if`/`while`/`and`/`or` "
+            "need a concrete value, but this is a traced array -- use gf.where(cond, a, b) or "
+            f"move the decision out of the loss (at {user_source_line()})")
+
+    def __array__(self, dtype=None, copy=None):
+        raise TraceError(
+            "a traced array was converted to a numpy array: plain numpy (np.asarray, float(), "
+            "a numpy function without graphflux support) cannot see traced values -- use "
+            f"graphflux ops (gf.sum, gf.exp, ...) inside the loss (at {user_source_line()})")
+
+    def __float__(self):
+        return self.__array__()
+
+    def __iter__(self):
+        raise TraceError("iterating over a traced array is not supported; index it or use "
+                         f"array ops instead (at {user_source_line()})")
+
+    # arithmetic
+    def __add__(self, o): return ops.add(self, o)
+    def __radd__(self, o): return ops.add(o, self)
+    def __sub__(self, o): return ops.sub(self, o)
+    def __rsub__(self, o): return ops.sub(o, self)
+    def __mul__(self, o): return ops.mul(self, o)
+    def __rmul__(self, o): return ops.mul(o, self)
+    def __truediv__(self, o): return ops.div(self, o)
+    def __rtruediv__(self, o): return ops.div(o, self)
+    def __pow__(self, o): return ops.power(self, o)
+    def __rpow__(self, o): return ops.power(o, self)
+    def __neg__(self): return ops.neg(self)
+    def __pos__(self): return self
+    def __abs__(self): return ops.abs(self)
+    def __matmul__(self, o): return ops.matmul(self, o)
+    def __rmatmul__(self, o): return ops.matmul(o, self)
+    def __gt__(self, o): return ops.elementwise("greater", self, o)
+    def __ge__(self, o): return ops.elementwise("greater_equal", self, o)
+    def __lt__(self, o): return ops.elementwise("less", self, o)
+    def __le__(self, o): return ops.elementwise("less_equal", self, o)
+    def __getitem__(self, index): return ops.getitem(self, index)
+    __hash__ = object.__hash__
+
+    # array methods
+    @property
+    def T(self): return ops.transpose(self)
+    def transpose(self, *axes): return ops.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+    def reshape(self, *shape): return ops.reshape(self, shape[0] if len(shape) == 1 else shape)
+    def sum(self, axis=None, keepdims=False): return ops.sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False): return ops.mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False): return ops.max(self, axis, keepdims)
+    def astype(self, dtype): return ops.cast(self, dtype)
+
+    # numpy protocols
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        fn = (_UFUNCS or _build_tables() or _UFUNCS).get(ufunc.__name__)
+        if method != "__call__" or fn is None or kwargs.get("out") is not None:
+            raise TraceError(f"numpy ufunc {ufunc.__name__}.{method} is not supported on traced "
+                             f"arrays; use graphflux ops (at {user_source_line()})")
+        return fn(*inputs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        fn = (_FUNCTIONS or _build_tables() or _FUNCTIONS).get(func.__name__)
+        if fn is None:
+            raise TraceError(f"numpy.{func.__name__} is not supported on traced arrays; use "
+                             f"graphflux ops (at {user_source_line()})")
+        return fn(*args, **kwargs)
+
+
+class SymbolicTracer(Tracer):
+    __slots__ = ("node", "ctx")
+
+    def __init__(self, node, ctx):
+        self.node, self.ctx = node, ctx
+
+    shape = property(lambda self: self.node.shape)
+    dtype = property(lambda self: self.node.dtype)
+
+    def __repr__(self):
+        return f"Tracer({self.node!r})"
+
+
+class TraceContext(Context):
+    """Builds graph nodes. `params` maps id(array) -> input node of each known parameter; any
+    other array that reaches an op becomes a `captured` input, bound by identity at call time."""
+
+    source_override = None    # set by autodiff so gradient nodes point at their forward line
+
+    def __init__(self, params=None):
+        self.params = {}          # id(array) -> (array, Node)
+        self.captured = {}        # id(array) -> (array, Node)
+        self.inputs = []          # input nodes in creation order
+        for arr, name in (params or []):
+            self.add_param(arr, name)
+
+    def new_input(self, shape, dtype, name, role):
+        node = Node("input", (), {"name": name, "role": role}, shape, dtype)
+        self.inputs.append(node)
+        return SymbolicTracer(node, self)
+
+    def add_param(self, arr, name):
+        t = self.new_input(arr.shape, arr.dtype, name, "param")
+        self.params[id(arr)] = (arr, t.node)
+        return t
+
+    def wrap(self, node):
+        return SymbolicTracer(node, self)
+
+    def lift(self, x):
+        """A Tracer for `x`: parameters by identity, a view of a parameter is an error, other
+        arrays are captured inputs, numbers are constants (resolved by the caller)."""
+        if isinstance(x, Tracer):
+            if x.ctx is not self and not self.accepts(x):
+                raise TraceError("a traced value from another trace leaked into this one (was "
+                                 "a tracer stored outside the loss?), at " + user_source_line())
+            return x
+        key = id(x)
+        if key in self.params:
+            return self.wrap(self.params[key][1])
+        base = x.base
+        while base is not None:
+            if id(base) in self.params:
+                raise TraceError(
+                    "a parameter was used through a numpy view or copy (for example W.T computed "
+                    "by numpy on the array itself): graphflux cannot see through it. Use the "
+                    "parameter in graphflux ops or Python operators on the layer's attribute "
+                    f"(e.g. gf.transpose(W) / x @ layer.weight.T inside the loss), at "
+                    f"{user_source_line()}")
+            base = base.base
+        if key not in self.captured:
+            t = self.new_input(x.shape, x.dtype, f"captured{len(self.captured)}", "captured")
+            self.captured[key] = (x, t.node)
+        return self.wrap(self.captured[key][1])
+
+    def accepts(self, tracer):
+        return False
+
+    def record(self, op, args, attrs):
+        from . import ops as _ops
+        src = self.source_override or user_source_line()
+        ins = []
+        for a in args:
+            if isinstance(a, (Tracer, np.ndarray)):
+                ins.append(self.lift(a).node)
+            else:
+                ins.append(None)
+        ref = next(n for n in ins if n is not None)
+        nodes = []
+        for a, n in zip(args, ins):
+            if n is None:
+                if not isinstance(a, (numbers.Number, np.generic)):
+                    raise TraceError(f"cannot trace an argument of type {type(a).__name__} in "
+                                     f"{op}, at {src}")
+                n = Node("const", (), {}, (), ref.dtype, src, np.asarray(a, dtype=ref.dtype))
+            nodes.append(n)
+        try:
+            shape, dtype = _ops.SHAPE_RULES[op](nodes, attrs, src)
+        except ShapeError:
+            raise
+        node = Node(op, nodes, attrs, shape, dtype, src)
+        return self.wrap(node)
+
+
+def _reduce_fn(fn):
+    def call(x, axis=None, dtype=None, out=None, keepdims=False, **kw):
+        return fn(x, axis, keepdims)
+    return call
+
+
+from . import ops  # noqa: E402  (ops imports Tracer from here; tables are built on first use)
+
+_UFUNCS = {}
+_FUNCTIONS = {}
+
+
+def _build_tables():
+    _UFUNCS.update({
+        "add": ops.add, "subtract": ops.sub, "multiply": ops.mul, "true_divide": ops.div,
+        "divide": ops.div, "negative": ops.neg, "exp": ops.exp, "log": ops.log,
+        "tanh": ops.tanh, "sqrt": ops.sqrt, "square": ops.square, "absolute": ops.abs,
+        "maximum": ops.maximum, "minimum": ops.minimum, "power": ops.power,
+        "matmul": ops.matmul,
+        **{name: (lambda n: lambda a, b: ops.elementwise(n, a, b))(name)
+           for name in ("greater", "less", "greater_equal", "less_equal", "equal")},
+    })
+    _FUNCTIONS.update({
+        "sum": _reduce_fn(ops.sum), "mean": _reduce_fn(ops.mean), "max": _reduce_fn(ops.max),
+        "amax": _reduce_fn(ops.max), "matmul": ops.matmul, "dot": ops.matmul,
+        "transpose": lambda x, axes=None: ops.transpose(x, axes),
+        "reshape": lambda x, shape, **kw: ops.reshape(x, shape),
+        "where": ops.where,
+        "broadcast_to": lambda x, shape, **kw: ops.broadcast_to(x, shape),
+    })

@@ -1,0 +1,38 @@
+"""Loading object code with MCJIT and calling the step through ctypes.
+
+A NativeStep owns its execution engine (the function pointer dies with it) and a prebuilt
+pointer table, so a call is: write the batch's pointers, one ctypes call."""
+import ctypes
+
+import llvmlite.binding as llvm
+import numpy as np
+
+from graphflux.compiler.llvm_backend import target_machine
+
+_STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
+
+
+class NativeStep:
+    def __init__(self, object_code, symbol, n_slots, arena_bytes, n_scalars):
+        tm = target_machine()
+        empty = llvm.parse_assembly("")
+        empty.name = symbol + ".loader"
+        self.engine = llvm.create_mcjit_compiler(empty, tm)
+        self.engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+        self.engine.finalize_object()
+        address = self.engine.get_function_address(symbol)
+        if not address:
+            raise RuntimeError(f"symbol {symbol} missing from the object code")
+        self.function = _STEP_TYPE(address)
+        raw = np.zeros(arena_bytes + 64, dtype=np.uint8)
+        start = (-raw.ctypes.data) % 64
+        self.arena = raw[start:start + arena_bytes]
+        self._arena_raw = raw
+        self.pointers = (ctypes.c_void_p * (n_slots + 1))()
+        self.pointers[0] = self.arena.ctypes.data
+        self.scalars = np.zeros(max(n_scalars, 1), dtype=np.float64)
+        self.scalars_ptr = self.scalars.ctypes.data
+        self.pointers_addr = ctypes.addressof(self.pointers)
+
+    def __call__(self):
+        return self.function(self.pointers_addr, self.scalars_ptr)

@@ -1,0 +1,71 @@
+"""The numpy implementation of every primitive: the reference interpreter's and eager mode's
+arithmetic. Registered into the compiler's NUMPY_IMPLS table when the runtime is imported."""
+import numpy as np
+
+from graphflux.compiler import elementwise as ew
+from graphflux.compiler import ops
+
+from .sympy_numpy import to_numpy_source
+
+_compiled = {}
+
+
+def elementwise_function(name):
+    """A numpy function for ElementwiseFn `name`, generated once from its sympy expression."""
+    f = _compiled.get(name)
+    if f is None:
+        fn = ew.get(name)
+        args = [f"a{i}" for i in range(fn.arity)]
+        body = to_numpy_source(fn.expr, {s.name: a for s, a in zip(fn.symbols, args)})
+        src = f"def {name}({', '.join(args)}):\n    return {body}\n"
+        namespace = {"np": np}
+        exec(compile(src, f"<graphflux elementwise {name}>", "exec"), namespace)
+        f = _compiled[name] = namespace[name]
+    return f
+
+
+def _dtype_of(args):
+    for a in args:
+        if isinstance(a, np.ndarray) or isinstance(a, np.generic):
+            return a.dtype
+    return np.dtype(np.float64)
+
+
+def elementwise(*args, fn):
+    r = elementwise_function(fn)(*args)
+    dtype = _dtype_of(args)
+    if not isinstance(r, np.ndarray) or r.dtype != dtype:
+        r = np.asarray(r, dtype=dtype)
+    first = args[0]
+    if r.shape != getattr(first, "shape", ()):
+        shape = np.broadcast_shapes(*[np.shape(a) for a in args])
+        if r.shape != shape:
+            r = np.broadcast_to(r, shape).copy()
+    return r
+
+
+def _slices(starts, stops, steps):
+    return tuple(slice(a, b, c) for a, b, c in zip(starts, stops, steps))
+
+
+def unslice(g, shape, starts, stops, steps):
+    out = np.zeros(shape, dtype=g.dtype)
+    out[_slices(starts, stops, steps)] = g
+    return out
+
+
+IMPLS = {
+    "elementwise": elementwise,
+    "cast": lambda x, dtype: np.asarray(x).astype(dtype),
+    "reduce_sum": lambda x, axes: np.asarray(np.sum(x, axis=axes)),
+    "reduce_max": lambda x, axes: np.asarray(np.max(x, axis=axes)),
+    "matmul": lambda a, b, ta, tb: (a.T if ta else a) @ (b.T if tb else b),
+    "reshape": lambda x, shape: np.reshape(x, shape),
+    "transpose": lambda x, perm: np.transpose(x, perm),
+    "broadcast": lambda x, shape: np.broadcast_to(x, shape),
+    "slice": lambda x, starts, stops, steps: x[_slices(starts, stops, steps)],
+    "unslice": unslice,
+    "stop_gradient": lambda x: x,
+}
+
+ops.NUMPY_IMPLS.update(IMPLS)
