@@ -176,5 +176,9 @@ def _equal(a, b): return _piecewise(1, _sp().Eq(a, b), 0)
 def _where(c, a, b): return _piecewise(a, _sp().Ne(c, 0), b)
 
 
+@_builtin("xlogy", 2)
+def _xlogy(x, y): return _piecewise(0, _sp().Eq(x, 0), x * _sp().log(y))
+
+
 @_builtin("identity", 1)
 def _identity(a): return a

@@ -48,25 +48,55 @@ def _can_join(node, group, producer):
                    if i.id not in group.members)
 
 
+def _mergeable(a, b):
+    """Can groups a and b run as one loop? Same space, neither reads the other's reductions,
+    and no outside node sits on a path between them (either direction)."""
+    if a.shape != b.shape or a.dtype != b.dtype or a.reductions or b.reductions:
+        return False
+    return True
+
+
 def fuse_elementwise(graph):
     groups, group_of = [], {}
+    nodes = {n.id: n for n in graph.nodes}
+
+    def external_inputs(g):
+        return [i for m in g.members for i in nodes[m].inputs if i.id not in g.members]
+
     for node in graph.nodes:
         if node.op not in FUSIBLE and node.op not in REDUCTIONS:
             continue
-        chosen = None
+        candidates = []
         for i in node.inputs:
             g = group_of.get(i.id)
-            if g is not None and i.op in FUSIBLE and i.dtype == node.inputs[0].dtype \
+            if g is not None and g not in candidates and i.op in FUSIBLE \
+                    and i.dtype == node.inputs[0].dtype \
                     and (node.op in REDUCTIONS or i.dtype == node.dtype) \
                     and _can_join(node, g, i):
-                chosen = g
-                break
+                candidates.append(g)
+        chosen = candidates[0] if candidates else None
         if chosen is None:
             shape = node.inputs[0].shape if node.op in REDUCTIONS else node.shape
             chosen = _Group(len(groups), shape, node.dtype)
             groups.append(chosen)
+        for other in candidates[1:]:
+            if node.op in REDUCTIONS or not _mergeable(chosen, other):
+                continue
+            merged = _Group(chosen.id, chosen.shape, chosen.dtype)
+            merged.members = chosen.members | other.members
+            memo = {}
+            if any(_depends_on(i, merged, memo) for i in external_inputs(merged)):
+                continue
+            chosen.members |= other.members
+            for m in other.members:
+                group_of[m] = chosen
+            other.members = set()
         chosen.members.add(node.id)
         if node.op in REDUCTIONS:
             chosen.reductions.add(node.id)
         group_of[node.id] = chosen
-    return graph.replace({}, groups={k: g.id for k, g in group_of.items()})
+    numbering = {}
+    for g in groups:
+        if g.members:
+            numbering[g.id] = len(numbering)
+    return graph.replace({}, groups={k: numbering[g.id] for k, g in group_of.items()})

@@ -28,12 +28,12 @@ def broadcast_shapes(op, shapes, source):
                            "of them or fix the layer sizes)", shapes, source) from None
 
 
-def _norm_axes(op, axes, ndim, shape, source):
+def _norm_axes(op, axes, ndim, shape):
     out = []
     for a in axes:
         if not -ndim <= a < ndim:
             raise _shape_error(op, f"axis {a} is out of range for a {ndim}-d operand",
-                               [shape], source)
+                               [shape], _src())
         out.append(a % ndim)
     return tuple(sorted(set(out)))
 
@@ -138,12 +138,17 @@ def _dtype(x):
 def elementwise(fn, *args):
     """Apply a registered ElementwiseFn (by name) with numpy broadcasting; operands are promoted
     to one floating dtype, Python numbers take the tensors' dtype."""
-    dtypes = [x.dtype for x in args if _is_tensor(x)]
-    if dtypes:
-        dt = np.result_type(*dtypes)
-        if not np.issubdtype(dt, np.floating):
-            dt = np.dtype(np.float64) if dt.kind in "iub" and np.dtype(dt).itemsize > 4 else \
-                np.dtype(np.float32) if dt.kind in "iub" else dt
+    dt, mixed = None, False
+    for x in args:
+        if isinstance(x, (Tracer, np.ndarray)):
+            if dt is None:
+                dt = x.dtype
+            elif x.dtype != dt:
+                mixed = True
+    if mixed or (dt is not None and dt.kind != "f"):
+        dt = np.result_type(*[x.dtype for x in args if _is_tensor(x)])
+        if dt.kind != "f":
+            dt = np.dtype(np.float64 if dt.itemsize > 4 else np.float32)
         args = tuple(cast(x, dt) if _is_tensor(x) and x.dtype != dt else x for x in args)
     return bind("elementwise", args, {"fn": fn})
 
@@ -185,8 +190,11 @@ def _axes(x, axis):
     nd = len(x.shape)
     if axis is None:
         return tuple(range(nd))
-    axes = (axis,) if isinstance(axis, numbers.Integral) else tuple(axis)
-    return _norm_axes("reduce", axes, nd, x.shape, _src())
+    if isinstance(axis, numbers.Integral):
+        if -nd <= axis < nd:
+            return (axis % nd,)
+        axis = (axis,)
+    return _norm_axes("reduce", tuple(axis), nd, x.shape)
 
 
 def _src():

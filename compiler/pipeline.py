@@ -43,10 +43,10 @@ class Artifact:
         return self._asm
 
 
-def compile_graph(graph, grad_graph, seconds):
+def compile_graph(graph, grad_graph, seconds, key=None):
     """Optimise, plan, lower and compile `grad_graph` (the step); `graph` is the traced forward
     graph kept for inspection; `seconds` carries the trace/AD timings measured by the caller."""
-    key = graph_key(grad_graph)
+    key = key or graph_key(grad_graph)
     symbol = f"gf_step_{key[:20]}"
     t = time.perf_counter()
     optimized, pass_stats = optimize(grad_graph)

@@ -236,4 +236,6 @@ def _build_tables():
         "reshape": lambda x, shape, **kw: ops.reshape(x, shape),
         "where": ops.where,
         "broadcast_to": lambda x, shape, **kw: ops.broadcast_to(x, shape),
+        "shape": lambda x: tuple(x.shape), "ndim": lambda x: len(x.shape),
+        "size": lambda x, axis=None: x.size if axis is None else x.shape[axis],
     })

@@ -1,2 +1,17 @@
-"""graphflux: Flux.jl's training API for Python, compiled through LLVM."""
-from . import compiler, runtime  # noqa: F401
+"""graphflux: Flux.jl's training API for Python, where the loss is never run op by op: it is
+traced, differentiated symbolically, optimised and lowered through LLVM to one native function
+per training step."""
+from . import compiler, runtime  # noqa: F401  (the runtime registers the numpy op table)
+from . import datasets, losses, optimise  # noqa: F401
+from .activations import elementwise, identity, logsoftmax, relu, sigmoid, softmax, tanh, σ  # noqa: F401
+from .arrays import exp, log, matmul, max, mean, reshape, sqrt, sum, transpose, where  # noqa: F401
+from .compiled import compile  # noqa: F401
+from .data import DataLoader, onecold, onehotbatch  # noqa: F401
+from .errors import GraphfluxError, NonFiniteLoss  # noqa: F401
+from .gradients import gradient, pullback, update, withgradient  # noqa: F401
+from .layers import Chain, Dense, glorot_uniform  # noqa: F401
+from .optimise import Adam, Descent, Momentum  # noqa: F401
+from .params import Grads, Params, params, trainable  # noqa: F401
+from .training import StepInfo, epochs, skip, stop, throttle, train  # noqa: F401
+
+__version__ = "0.1.0"

@@ -11,37 +11,34 @@ _compiled = {}
 
 
 def elementwise_function(name):
-    """A numpy function for ElementwiseFn `name`, generated once from its sympy expression."""
+    """A numpy function for ElementwiseFn `name`, generated once from its sympy expression.
+    Results keep the operands' dtype and broadcast shape: only expressions that could lose
+    them (Piecewise -> np.where with float literals, or unused arguments) pay for a fix-up."""
     f = _compiled.get(name)
     if f is None:
+        import sympy as sp
         fn = ew.get(name)
         args = [f"a{i}" for i in range(fn.arity)]
         body = to_numpy_source(fn.expr, {s.name: a for s, a in zip(fn.symbols, args)})
-        src = f"def {name}({', '.join(args)}):\n    return {body}\n"
-        namespace = {"np": np}
+        exact = not fn.expr.has(sp.Piecewise) and fn.expr.free_symbols == set(fn.symbols)
+        ret = body if exact else f"_fix({body}, ({', '.join(args)},))"
+        src = f"def {name}({', '.join(args)}):\n    return {ret}\n"
+        namespace = {"np": np, "_fix": _fix}
         exec(compile(src, f"<graphflux elementwise {name}>", "exec"), namespace)
         f = _compiled[name] = namespace[name]
     return f
 
 
-def _dtype_of(args):
-    for a in args:
-        if isinstance(a, np.ndarray) or isinstance(a, np.generic):
-            return a.dtype
-    return np.dtype(np.float64)
+def _fix(r, args):
+    dtype = next((a.dtype for a in args if isinstance(a, (np.ndarray, np.generic))),
+                 np.dtype(np.float64))
+    shape = np.broadcast_shapes(*[np.shape(a) for a in args])
+    r = np.asarray(r, dtype=dtype)
+    return r if r.shape == shape else np.broadcast_to(r, shape).copy()
 
 
 def elementwise(*args, fn):
-    r = elementwise_function(fn)(*args)
-    dtype = _dtype_of(args)
-    if not isinstance(r, np.ndarray) or r.dtype != dtype:
-        r = np.asarray(r, dtype=dtype)
-    first = args[0]
-    if r.shape != getattr(first, "shape", ()):
-        shape = np.broadcast_shapes(*[np.shape(a) for a in args])
-        if r.shape != shape:
-            r = np.broadcast_to(r, shape).copy()
-    return r
+    return elementwise_function(fn)(*args)
 
 
 def _slices(starts, stops, steps):

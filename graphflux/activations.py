@@ -1,0 +1,56 @@
+"""Activation functions. Each works on numpy arrays and inside traced or eager code; the
+elementwise ones are sympy-defined primitives (see graphflux.compiler.elementwise), the rest
+are compositions of graphflux ops."""
+import inspect
+
+from graphflux.compiler import elementwise as ew
+from graphflux.compiler import ops
+
+
+def identity(x):
+    return x
+
+
+def sigmoid(x):
+    return ops.sigmoid(x)
+
+
+σ = sigmoid
+
+
+def relu(x):
+    return ops.relu(x)
+
+
+def tanh(x):
+    return ops.tanh(x)
+
+
+def softmax(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)) along `axis` (Flux's dims=1 is axis=-1 here)."""
+    z = ops.sub(x, ops.stop_gradient(ops.max(x, axis, keepdims=True)))
+    e = ops.exp(z)
+    return ops.div(e, ops.sum(e, axis, keepdims=True))
+
+
+def logsoftmax(x, axis=-1):
+    """x - max - log(sum(exp(x - max))): the stable form, never log(softmax(x))."""
+    z = ops.sub(x, ops.stop_gradient(ops.max(x, axis, keepdims=True)))
+    return ops.sub(z, ops.log(ops.sum(ops.exp(z), axis, keepdims=True)))
+
+
+def elementwise(name, f):
+    """Define a new elementwise function from `f`, which maps real sympy symbols to a sympy
+    expression. Its derivative comes from sympy; it fuses and compiles like a built-in.
+
+        softsign = gf.elementwise("softsign", lambda x: x / (1 + sympy.Abs(x)))
+    """
+    arity = len(inspect.signature(f).parameters)
+    ew.register(ew.ElementwiseFn(name, arity, f))
+
+    def apply(*xs):
+        if len(xs) != arity:
+            raise TypeError(f"{name} takes {arity} argument(s), got {len(xs)}")
+        return ops.elementwise(name, *xs)
+    apply.__name__ = name
+    return apply

@@ -1,0 +1,67 @@
+"""DataLoader and one-hot helpers. Observations run along axis 0."""
+import numpy as np
+
+from graphflux.compiler.errors import GraphfluxError
+
+from .layers import as_rng
+
+
+class DataError(GraphfluxError, ValueError):
+    """Data whose parts do not fit together."""
+
+
+class DataLoader:
+    """Mini-batches of `data` (an array, a tuple or a dict of arrays sharing their length along
+    axis 0), yielding the same structure. Shuffles afresh at the start of every iteration."""
+
+    def __init__(self, data, batchsize=1, *, shuffle=False, partial=True, rng=None):
+        arrays = list(data.values()) if isinstance(data, dict) else \
+            list(data) if isinstance(data, tuple) else [data]
+        if not arrays:
+            raise DataError("DataLoader needs at least one array")
+        lengths = [np.shape(a)[0] if np.ndim(a) else None for a in arrays]
+        if None in lengths or len(set(lengths)) != 1:
+            shapes = ", ".join(str(np.shape(a)) for a in arrays)
+            raise DataError(f"DataLoader arrays must share their length along axis 0, got "
+                            f"shapes {shapes}")
+        if int(batchsize) < 1:
+            raise DataError(f"batchsize must be >= 1, got {batchsize}")
+        self.data, self.n = data, lengths[0]
+        self.batchsize = min(int(batchsize), self.n)
+        self.shuffle, self.partial, self.rng = shuffle, partial, as_rng(rng)
+
+    def __len__(self):
+        return -(-self.n // self.batchsize) if self.partial else self.n // self.batchsize
+
+    def _take(self, idx):
+        pick = (lambda a: a[idx]) if not isinstance(idx, slice) else (lambda a: a[idx])
+        if isinstance(self.data, dict):
+            return {k: pick(v) for k, v in self.data.items()}
+        if isinstance(self.data, tuple):
+            return tuple(pick(v) for v in self.data)
+        return pick(self.data)
+
+    def __iter__(self):
+        order = self.rng.permutation(self.n) if self.shuffle else None
+        for b in range(len(self)):
+            lo, hi = b * self.batchsize, min((b + 1) * self.batchsize, self.n)
+            yield self._take(order[lo:hi] if order is not None else slice(lo, hi))
+
+
+def onehotbatch(labels, classes):
+    """(n, k) float32 with a 1 in column classes.index(label) of each row."""
+    classes = list(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.asarray(labels).ravel()
+    out = np.zeros((labels.size, len(classes)), dtype=np.float32)
+    for row, lab in enumerate(labels.tolist()):
+        if lab not in index:
+            raise DataError(f"label {lab!r} (row {row}) is not one of the classes {classes}")
+        out[row, index[lab]] = 1
+    return out
+
+
+def onecold(y, classes=None):
+    """The class of the largest entry along the last axis (indices when classes is None)."""
+    idx = np.argmax(np.asarray(y), axis=-1)
+    return idx if classes is None else np.asarray(list(classes))[idx]

@@ -1,0 +1,44 @@
+"""Eager mode behind the same interfaces: the loss runs op by op on numpy with a tape, the
+gradient comes from the tape, the optimiser rule runs on arrays."""
+import numpy as np
+
+from graphflux.runtime.eager import EagerContext, EagerTensor, backward
+
+from .errors import NonFiniteLoss
+from .optimise import apply_eager
+from .params import Grads, as_params, warn_unused
+from .signature import check_batch
+from .tracing import check_params, installed
+
+
+def eager_value_and_grads(f, ps, args=(), warn=True):
+    """(loss value as float, list of gradient arrays or None) of `f(*args)` over params `ps`."""
+    ctx = EagerContext(ps)
+    with installed(ps, [ctx.leaf(p) for p in ps]), ctx:
+        out = f(*args)
+    grads = backward(ctx, out, list(ps))
+    if warn:
+        warn_unused(ps, grads)
+    value = out.value if isinstance(out, EagerTensor) else np.asarray(out)
+    return float(np.asarray(value).reshape(())), grads
+
+
+class EagerStep:
+    """The eager twin of CompiledStep (`gf.compile(..., mode="eager")`)."""
+
+    def __init__(self, loss, ps, opt=None):
+        self.loss, self.ps, self.opt = loss, as_params(ps), opt
+        self.dtype = check_params(self.ps)
+        self._warned = set()
+
+    def __call__(self, *batch):
+        batch = check_batch(batch, self.dtype, self._warned)
+        loss, grads = eager_value_and_grads(self.loss, self.ps, batch)
+        if self.opt is None:
+            return loss, Grads(self.ps, grads)
+        if not np.isfinite(loss):
+            raise NonFiniteLoss(f"the loss is {loss}; nothing was updated")
+        for p, g in zip(self.ps, grads):
+            if g is not None:
+                apply_eager(self.opt, p, g)
+        return loss

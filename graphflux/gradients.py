@@ -1,0 +1,89 @@
+"""gradient, pullback, withgradient and update, implicit (Params) and explicit (arrays) style.
+
+Compiled, the closure is traced on every call (it may capture new data) and native code is
+reused whenever the traced graph is structurally the same."""
+import numpy as np
+
+from graphflux.runtime.executable import Executable
+
+from .compiled import artifact_for
+from .eager_step import eager_value_and_grads
+from .optimise import apply_eager
+from .params import Grads, Params, as_params
+from .tracing import check_params, trace_step
+
+_EXECUTABLES = {}
+
+
+def _check_mode(mode):
+    if mode not in ("compiled", "eager"):
+        raise ValueError(f"mode must be 'compiled' or 'eager', got {mode!r}")
+
+
+def _compiled_value_and_grads(f, ps, args=()):
+    check_params(ps)
+    traced = trace_step(f, ps, args)
+    art, _ = artifact_for(traced)
+    ex = _EXECUTABLES.get(art.symbol)
+    if ex is None:
+        ex = _EXECUTABLES[art.symbol] = Executable(art)
+    for node in art.grad_graph.inputs:
+        if node.id in ex.input_slot:
+            kind, key = traced.bindings[node.id]
+            ex.bind(node.id, ps[key] if kind == "param" else args[key] if kind == "data" else key)
+    _, outs = ex.run()
+    grads = [outs.get(f"grad:{ps.name(p)}") for p in ps]
+    return float(outs["loss"]), grads
+
+
+def value_and_grads(f, ps, args=(), mode="compiled"):
+    _check_mode(mode)
+    if mode == "eager":
+        return eager_value_and_grads(f, ps, args)
+    return _compiled_value_and_grads(f, ps, args)
+
+
+def _explicit(f, args):
+    """Explicit style: array arguments are differentiated; the rest get None."""
+    arrays = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args]
+    ps = Params([a for a in arrays if isinstance(a, np.ndarray)])
+    return ps, arrays
+
+
+def gradient(f, *args, mode="compiled"):
+    """gradient(f, ps) -> Grads (f takes no arguments); gradient(f, *arrays) -> tuple."""
+    if len(args) == 1 and isinstance(args[0], Params):
+        _, grads = value_and_grads(f, args[0], (), mode)
+        return Grads(args[0], grads)
+    ps, arrays = _explicit(f, args)
+    _, grads = value_and_grads(lambda: f(*arrays), ps, (), mode) if len(ps) else (None, [])
+    by_id = {id(p): g for p, g in zip(ps, grads)}
+    return tuple(by_id.get(id(a)) if isinstance(a, np.ndarray) else None for a in arrays)
+
+
+def withgradient(f, ps, mode="compiled"):
+    """(loss value, Grads) in one pass."""
+    ps = as_params(ps)
+    value, grads = value_and_grads(f, ps, (), mode)
+    return value, Grads(ps, grads)
+
+
+def pullback(f, ps, mode="compiled"):
+    """(value, back) with back(seed) -> Grads scaled by seed (Zygote's pullback)."""
+    ps = as_params(ps)
+    value, grads = value_and_grads(f, ps, (), mode)
+
+    def back(seed=1.0):
+        return Grads(ps, [None if g is None else g * np.asarray(seed, g.dtype) for g in grads])
+    return value, back
+
+
+def update(opt, ps, gs):
+    """update(opt, ps, gs) or update(opt, x, dx): apply the optimiser in place."""
+    if isinstance(ps, np.ndarray):
+        apply_eager(opt, ps, gs)
+        return
+    for p in ps:
+        g = gs[p]
+        if g is not None:
+            apply_eager(opt, p, g)

@@ -1,0 +1,107 @@
+"""Eager mode: the same models and losses run op by op on numpy, recording a tape; the backward
+pass applies the same VJP rules as symbolic AD, on numpy arrays. It is the baseline `graphflux
+bench` compares against and the second implementation tests compare with."""
+import numpy as np
+
+from graphflux.compiler.autodiff import VJP_RULES
+from graphflux.compiler.errors import ShapeError, TraceError
+from graphflux.compiler.source import user_source_line
+from graphflux.compiler.tracer import Context, Tracer
+
+from .numpy_impls import IMPLS
+
+
+class EagerTensor(Tracer):
+    """A numpy value with its tape entry: the op, its input values and the tensors among them."""
+
+    __slots__ = ("value", "op", "inputs", "parents", "attrs", "ctx")
+
+    def __init__(self, value, op, inputs, parents, attrs, ctx):
+        self.value, self.op, self.inputs, self.parents = value, op, inputs, parents
+        self.attrs, self.ctx = attrs, ctx
+
+    shape = property(lambda self: self.value.shape)
+    dtype = property(lambda self: self.value.dtype)
+
+    def __bool__(self):
+        return bool(self.value)
+
+    def __float__(self):
+        return float(self.value)
+
+    def __repr__(self):
+        return f"EagerTensor({self.value!r})"
+
+
+class EagerContext(Context):
+    def __init__(self, arrays):
+        self.tape = []
+        self.leaves = {}
+        for a in arrays:
+            self.leaves[id(a)] = (a, EagerTensor(a, None, (), (), {}, self))
+
+    def leaf(self, array):
+        return self.leaves[id(array)][1]
+
+    def lift(self, x):
+        entry = self.leaves.get(id(x))
+        if entry is not None:
+            return entry[1]
+        base = x.base
+        while base is not None:
+            if id(base) in self.leaves:
+                raise TraceError(
+                    "a parameter was used through a numpy view or copy (for example W.T computed "
+                    "by numpy on the array itself): graphflux cannot see through it. Use the "
+                    f"layer's attribute inside the loss instead, at {user_source_line()}")
+            base = base.base
+        return None
+
+    def record(self, op, args, attrs):
+        vals, parents, tracked = [], [], False
+        for a in args:
+            if isinstance(a, np.ndarray):
+                t = self.lift(a)
+                a = t if t is not None else a
+            if isinstance(a, EagerTensor):
+                vals.append(a.value)
+                parents.append(a)
+                tracked = True
+            else:
+                vals.append(a)
+                parents.append(None)
+        try:
+            value = IMPLS[op](*vals, **attrs)
+        except ValueError as e:
+            shapes = ", ".join(str(np.shape(v)) for v in vals)
+            raise ShapeError(f"{e} -- in {attrs.get('fn', op)} with operand shapes {shapes}, at "
+                             f"{user_source_line()}") from None
+        if not tracked:
+            return value
+        t = EagerTensor(value, op, vals, parents, attrs, self)
+        self.tape.append(t)
+        return t
+
+
+def backward(ctx, loss, wrt):
+    """Cotangents of `loss` (an EagerTensor) for each leaf array in `wrt` (None if unreached).
+    Runs outside any context, so the VJP rules' op calls compute with numpy directly."""
+    if not isinstance(loss, EagerTensor):
+        return [None] * len(wrt)
+    cot = {id(loss): np.ones((), dtype=loss.dtype)}
+    for t in reversed(ctx.tape):
+        g = cot.pop(id(t), None)
+        if g is None:
+            continue
+        need = [p is not None for p in t.parents]
+        grads = VJP_RULES[t.op](g, t.value, t.inputs, t.attrs, need)
+        for p, gi in zip(t.parents, grads):
+            if p is None or gi is None:
+                continue
+            key = id(p)
+            cot[key] = cot[key] + gi if key in cot else gi
+    out = []
+    for a in wrt:
+        g = cot.get(id(ctx.leaf(a)))
+        out.append(None if g is None else np.array(g, dtype=a.dtype))
+    return out
