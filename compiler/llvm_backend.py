@@ -10,6 +10,13 @@ import llvmlite.binding as llvm
 
 @functools.lru_cache(maxsize=None)
 def target_machine():
+    """The compiler's target machine (kept for the process)."""
+    return new_target_machine()
+
+
+def new_target_machine():
+    """A fresh host target machine; an MCJIT engine takes ownership of the one it is given,
+    so every engine needs its own."""
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     triple = llvm.get_process_triple()

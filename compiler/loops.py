@@ -21,7 +21,7 @@ def for_range(b, start, stop, body, step=1, name="i"):
     i = b.phi(I64, name=name)
     i.add_incoming(start, pre)
     body(i)
-    nxt = b.add(i, i64(step), name=f"{name}.next")
+    nxt = b.add(i, step if isinstance(step, ir.Value) else i64(step), name=f"{name}.next")
     i.add_incoming(nxt, b.block)
     b.cbranch(b.icmp_signed("<", nxt, stop), header, done)
     b.position_at_end(done)

@@ -12,7 +12,7 @@ from llvmlite import ir
 
 from . import transcendental as tr
 from .loops import I64, for_range, gep, i64
-from .matmul import emit_gemm
+from .matmul import gemm_function
 from .plan import GemmKernel
 from .scalar_codegen import emit_expressions
 
@@ -130,13 +130,6 @@ def emit_loop_kernel(module, kern):
     return fn, buffers
 
 
-def emit_gemm_kernel(module, kern, vector_width):
-    ty = llvm_type(kern.out.dtype)
-    fn = emit_gemm(module, kern.name, ty, vector_width, kern.m, kern.n, kern.k,
-                   kern.a.strides, kern.b.strides)
-    return fn
-
-
 def lower(plan, step_name, vector_width):
     """The LLVM module (llvmlite.ir) of a Plan, exporting `step_name`."""
     module = ir.Module(name=step_name)
@@ -164,9 +157,11 @@ def lower(plan, step_name, vector_width):
 
     def call_kernel(kern):
         if isinstance(kern, GemmKernel):
-            fn = emit_gemm_kernel(module, kern, vector_width[np.dtype(kern.out.dtype)])
+            dtype = np.dtype(kern.out.dtype)
+            fn = gemm_function(module, llvm_type(dtype), vector_width[dtype])
             b.call(fn, [at(kern.a), at(kern.b), at(kern.out), base(kern.pack_a),
-                        base(kern.pack_b)])
+                        base(kern.pack_b)] + [i64(v) for v in (kern.m, kern.n, kern.k)]
+                   + [i64(v) for v in kern.a.strides + kern.b.strides])
         else:
             fn, buffers = emit_loop_kernel(module, kern)
             b.call(fn, [base(buf) for buf in buffers])

@@ -11,6 +11,8 @@ from .loops import I64, for_range, gep, i64, smin
 
 MR = 6
 KC = 256
+MC = 72
+NC = {True: 256, False: 128}     # by "is float32": a packed B block stays within L2
 
 
 def vector_width(features, itemsize):
@@ -113,8 +115,8 @@ def _micro_kernel(module, name, ty, vw):
 def _blocking(M, N, K, vw, is_f32):
     nr = 2 * vw
     kc = min(K, KC)
-    nc = min(-(-N // nr) * nr, 256 if is_f32 else 128)
-    mc = min(-(-M // MR) * MR, 72)
+    nc = min(-(-N // nr) * nr, NC[is_f32])
+    mc = min(-(-M // MR) * MR, MC)
     return kc, nc, mc
 
 
@@ -124,57 +126,68 @@ def pack_elements(M, N, K, vw, dtype):
     return mc * kc, kc * nc
 
 
-def emit_gemm(module, name, ty, vw, M, N, K, a_strides, b_strides):
-    """Define `void name(ptr A, ptr B, ptr C, ptr packA, ptr packB)`: C[M,N] (row-major,
-    contiguous) = A[M,K] @ B[K,N] with A, B read at the given element strides."""
+def gemm_function(module, ty, vw):
+    """The module's GEMM for `ty`, defined once and shared by every matrix product:
+    `void gemm(ptr A, ptr B, ptr C, ptr packA, ptr packB, i64 M, N, K, sam, sak, sbk, sbn)`
+    computes C[M,N] (row-major, contiguous) = A[M,K] @ B[K,N], with A and B read at element
+    strides (sam, sak) and (sbk, sbn). One shared function keeps LLVM's work per step small."""
+    name = f"gf.gemm.{'f32' if isinstance(ty, ir.FloatType) else 'f64'}"
+    if name in module.globals:
+        return module.globals[name]
     nr = 2 * vw
-    kc_max, nc_max, mc_max = _blocking(M, N, K, vw, isinstance(ty, ir.FloatType))
+    is_f32 = isinstance(ty, ir.FloatType)
+    nc_cap, mc_cap = NC[is_f32], MC
     uk = _micro_kernel(module, name + ".uk", ty, vw)
     ptr = ir.PointerType()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr] * 5), name=name)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr] * 5 + [I64] * 7), name=name)
     fn.linkage = "internal"
-    A, B, C, PA, PB = fn.args
-    for a in fn.args:
+    fn.attributes.add("noinline")
+    A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn = fn.args
+    for a in fn.args[:5]:
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    sam, sak = a_strides
-    sbk, sbn = b_strides
     zero = ir.Constant(ty, 0.0)
+    kc_max = smin(b, K, KC)
+    nc_max = smin(b, b.mul(b.sdiv(b.add(N, i64(nr - 1)), i64(nr)), i64(nr)), nc_cap)
+    mc_max = smin(b, b.mul(b.sdiv(b.add(M, i64(MR - 1)), i64(MR)), i64(MR)), mc_cap)
+    m_last, n_last = b.sub(M, i64(1)), b.sub(N, i64(1))
 
     def jc_body(jc):
-        nc = smin(b, i64(nc_max), b.sub(i64(N), jc))
+        nc = smin(b, nc_max, b.sub(N, jc))
 
         def pc_body(pc):
-            kc = smin(b, i64(kc_max), b.sub(i64(K), pc))
+            kc = smin(b, kc_max, b.sub(K, pc))
             npanels = b.sdiv(b.add(nc, i64(nr - 1)), i64(nr))
 
             def pack_b(q):
                 def pack_b_k(k):
-                    src_row = b.mul(b.add(pc, k), i64(sbk))
+                    src_row = b.mul(b.add(pc, k), sbk)
                     base = b.mul(b.add(b.mul(q, kc), k), i64(nr))
+                    col0 = b.add(jc, b.mul(q, i64(nr)))
                     for cc in range(nr):
-                        col = b.add(b.add(jc, b.mul(q, i64(nr))), i64(cc))
-                        ok = b.icmp_signed("<", col, i64(N))
-                        colc = b.select(ok, col, i64(N - 1))
-                        v = b.load(gep(b, B, b.add(src_row, b.mul(colc, i64(sbn))), ty), typ=ty)
+                        col = b.add(col0, i64(cc))
+                        ok = b.icmp_signed("<", col, N)
+                        colc = b.select(ok, col, n_last)
+                        v = b.load(gep(b, B, b.add(src_row, b.mul(colc, sbn)), ty), typ=ty)
                         b.store(b.select(ok, v, zero), gep(b, PB, b.add(base, i64(cc)), ty))
                 for_range(b, 0, kc, pack_b_k, name="pbk")
             for_range(b, 0, npanels, pack_b, name="pbq")
 
             def ic_body(ic):
-                mc = smin(b, i64(mc_max), b.sub(i64(M), ic))
+                mc = smin(b, mc_max, b.sub(M, ic))
                 mpanels = b.sdiv(b.add(mc, i64(MR - 1)), i64(MR))
 
                 def pack_a(p):
+                    row0 = b.add(ic, b.mul(p, i64(MR)))
+
                     def pack_a_k(k):
-                        src_col = b.mul(b.add(pc, k), i64(sak))
+                        src_col = b.mul(b.add(pc, k), sak)
                         base = b.mul(b.add(b.mul(p, kc), k), i64(MR))
                         for r in range(MR):
-                            row = b.add(b.add(ic, b.mul(p, i64(MR))), i64(r))
-                            ok = b.icmp_signed("<", row, i64(M))
-                            rowc = b.select(ok, row, i64(M - 1))
-                            v = b.load(gep(b, A, b.add(b.mul(rowc, i64(sam)), src_col), ty),
-                                       typ=ty)
+                            row = b.add(row0, i64(r))
+                            ok = b.icmp_signed("<", row, M)
+                            rowc = b.select(ok, row, m_last)
+                            v = b.load(gep(b, A, b.add(b.mul(rowc, sam), src_col), ty), typ=ty)
                             b.store(b.select(ok, v, zero), gep(b, PA, b.add(base, i64(r)), ty))
                     for_range(b, 0, kc, pack_a_k, name="pak")
                 for_range(b, 0, mpanels, pack_a, name="pap")
@@ -188,9 +201,9 @@ def emit_gemm(module, name, ty, vw, M, N, K, a_strides, b_strides):
                         b_panel = gep(b, PB, b.mul(b.mul(q, kc), i64(nr)), ty)
                         row0 = b.add(ic, b.mul(p, i64(MR)))
                         col0 = b.add(jc, b.mul(q, i64(nr)))
-                        c_tile = gep(b, C, b.add(b.mul(row0, i64(N)), col0), ty)
+                        c_tile = gep(b, C, b.add(b.mul(row0, N), col0), ty)
                         first = b.icmp_signed("!=", pc, i64(0))
-                        b.call(uk, [a_panel, b_panel, c_tile, i64(N), kc, first, rows, cols])
+                        b.call(uk, [a_panel, b_panel, c_tile, N, kc, first, rows, cols])
                     for_range(b, 0, mpanels, ir_body, name="ir")
                 for_range(b, 0, npanels, jr_body, name="jr")
             for_range(b, 0, M, ic_body, step=mc_max, name="ic")

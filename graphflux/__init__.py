@@ -15,3 +15,16 @@ from .params import Grads, Params, params, trainable  # noqa: F401
 from .training import StepInfo, epochs, skip, stop, throttle, train  # noqa: F401
 
 __version__ = "0.1.0"
+
+
+def _preload_sympy():
+    """sympy (needed to compile, never to trace or to load a cached artifact) takes ~0.4 s to
+    import; start that in the background so the first compile does not wait for all of it."""
+    import os
+    import sys
+    import threading
+    if "sympy" not in sys.modules and os.environ.get("GRAPHFLUX_PRELOAD", "1") != "0":
+        threading.Thread(target=__import__, args=("sympy",), name="graphflux-preload").start()
+
+
+_preload_sympy()

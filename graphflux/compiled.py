@@ -43,8 +43,8 @@ class _Entry:
         self.slot_checks = []
         scalar_keys = {}
         ps = step.ps
-        for node in art.grad_graph.inputs:
-            kind, key = traced.bindings[node.id]
+        for node, mine in zip(art.grad_graph.inputs, traced.grad_graph.inputs):
+            kind, key = traced.bindings[mine.id]
             if kind == "scalar":
                 scalar_keys[node.attrs["name"]] = key
                 continue

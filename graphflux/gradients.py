@@ -27,9 +27,9 @@ def _compiled_value_and_grads(f, ps, args=()):
     ex = _EXECUTABLES.get(art.symbol)
     if ex is None:
         ex = _EXECUTABLES[art.symbol] = Executable(art)
-    for node in art.grad_graph.inputs:
+    for node, mine in zip(art.grad_graph.inputs, traced.grad_graph.inputs):
         if node.id in ex.input_slot:
-            kind, key = traced.bindings[node.id]
+            kind, key = traced.bindings[mine.id]
             ex.bind(node.id, ps[key] if kind == "param" else args[key] if kind == "data" else key)
     _, outs = ex.run()
     grads = [outs.get(f"grad:{ps.name(p)}") for p in ps]

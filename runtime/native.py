@@ -7,14 +7,14 @@ import ctypes
 import llvmlite.binding as llvm
 import numpy as np
 
-from graphflux.compiler.llvm_backend import target_machine
+from graphflux.compiler.llvm_backend import new_target_machine
 
 _STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
 
 
 class NativeStep:
     def __init__(self, object_code, symbol, n_slots, arena_bytes, n_scalars):
-        tm = target_machine()
+        tm = new_target_machine()
         empty = llvm.parse_assembly("")
         empty.name = symbol + ".loader"
         self.engine = llvm.create_mcjit_compiler(empty, tm)
