@@ -16,18 +16,21 @@ class _Group:
         self.reductions = set()
 
 
-def _depends_on(node, group, memo):
-    """Does `node` (outside `group`) read any member of `group`, directly or transitively?"""
-    stack, seen = [node], set()
+def _depends_on(node, group, group_of, nodes):
+    """Does `node` (outside `group`) read any member of `group`, directly or transitively?
+    A node in another group stands for its whole group, since a group runs as one loop: this
+    keeps the graph of kernels acyclic, not just each group convex."""
+    stack, seen, seen_groups = [node], set(), set()
     while stack:
         n = stack.pop()
         if n.id in seen:
             continue
         seen.add(n.id)
-        if n.id in memo:
-            if memo[n.id]:
-                return True
-            continue
+        other = group_of.get(n.id)
+        if other is not None and other is not group and id(other) not in seen_groups:
+            seen_groups.add(id(other))
+            for m in other.members:
+                stack.extend(i for i in nodes[m].inputs if i.id not in other.members)
         for i in n.inputs:
             if i.id in group.members:
                 return True
@@ -35,7 +38,7 @@ def _depends_on(node, group, memo):
     return False
 
 
-def _can_join(node, group, producer):
+def _can_join(node, group, producer, group_of, nodes):
     if node.op in REDUCTIONS:
         shape_ok = producer.shape == group.shape and producer.id not in group.reductions
     else:
@@ -43,9 +46,8 @@ def _can_join(node, group, producer):
         shape_ok = shape_ok and not any(i.id in group.reductions for i in node.inputs)
     if not shape_ok:
         return False
-    memo = {}
-    return not any(_depends_on(i, group, memo) for i in node.inputs
-                   if i.id not in group.members)
+    return not any(_depends_on(i, group, group_of, nodes)
+                   for i in node.inputs if i.id not in group.members)
 
 
 def _mergeable(a, b):
@@ -72,7 +74,7 @@ def fuse_elementwise(graph):
             if g is not None and g not in candidates and i.op in FUSIBLE \
                     and i.dtype == node.inputs[0].dtype \
                     and (node.op in REDUCTIONS or i.dtype == node.dtype) \
-                    and _can_join(node, g, i):
+                    and _can_join(node, g, i, group_of, nodes):
                 candidates.append(g)
         chosen = candidates[0] if candidates else None
         if chosen is None:
@@ -84,8 +86,10 @@ def fuse_elementwise(graph):
                 continue
             merged = _Group(chosen.id, chosen.shape, chosen.dtype)
             merged.members = chosen.members | other.members
-            memo = {}
-            if any(_depends_on(i, merged, memo) for i in external_inputs(merged)):
+            view = dict(group_of)
+            for m in merged.members:
+                view[m] = merged
+            if any(_depends_on(i, merged, view, nodes) for i in external_inputs(merged)):
                 continue
             chosen.members |= other.members
             for m in other.members:

@@ -45,6 +45,8 @@ def _int_power(b, x, n, ty):
 
 
 def _cond(b, c, env, ty, memo, sp):
+    if c in env or c in memo:
+        return _emit(b, c, env, ty, memo, sp)
     if c is sp.true:
         return ir.Constant(ir.IntType(1), 1)
     if c is sp.false:
@@ -59,6 +61,10 @@ def _cond(b, c, env, ty, memo, sp):
         for a in c.args[1:]:
             out = b.or_(out, _cond(b, a, env, ty, memo, sp))
         return out
+    if isinstance(c, sp.Not):
+        return b.not_(_cond(b, c.args[0], env, ty, memo, sp))
+    if isinstance(c, sp.ITE):
+        return b.select(*[_cond(b, a, env, ty, memo, sp) for a in c.args])
     if c.is_Relational:
         lhs, rhs = _emit(b, c.lhs, env, ty, memo, sp), _emit(b, c.rhs, env, ty, memo, sp)
         if c.rel_op == "!=":
@@ -79,6 +85,8 @@ def _emit(b, e, env, ty, memo, sp):
 
 def _emit_new(b, e, env, ty, memo, sp):
     emit = lambda x: _emit(b, x, env, ty, memo, sp)  # noqa: E731
+    if e.is_Relational or isinstance(e, (sp.And, sp.Or, sp.Not, sp.ITE)):
+        return _cond(b, e, env, ty, memo, sp)
     if e.is_Number or e in (sp.pi, sp.E):
         return _const(ty, float(e))
     if e.is_Add:

@@ -28,12 +28,18 @@ class Executable:
                 self.outputs.append((key, slot, node.shape, node.dtype))
         self.input_nodes = shapes
         self.scalar_names = plan.scalar_names
+        self._bound = set()
 
     def bind(self, node_id, array):
         self.native.pointers[self.input_slot[node_id]] = array.ctypes.data
+        self._bound.add(node_id)
 
     def run(self, scalars=()):
         """Run once with fresh output arrays; returns (status, {name: array})."""
+        if len(self._bound) != len(self.input_slot):
+            missing = [self.input_nodes[i].attrs.get("name") for i in self.input_slot
+                       if i not in self._bound]
+            raise RuntimeError(f"graph inputs not bound: {missing}")
         outs = {}
         for name, slot, shape, dtype in self.outputs:
             arr = np.empty(shape, dtype)

@@ -34,6 +34,16 @@ def to_numpy_source(expr, names):
             if c is sp.true:
                 return p(v)
             return f"np.where({p(c)}, {p(v)}, {p(sp.Piecewise(*rest)) if rest else 'np.nan'})"
+        if isinstance(e, sp.And):
+            return "(" + " & ".join(p(a) for a in e.args) + ")"
+        if isinstance(e, sp.Or):
+            return "(" + " | ".join(p(a) for a in e.args) + ")"
+        if isinstance(e, sp.Not):
+            return f"(~{p(e.args[0])})"
+        if isinstance(e, sp.ITE):
+            return f"np.where({p(e.args[0])}, {p(e.args[1])}, {p(e.args[2])})"
+        if e is sp.true or e is sp.false:
+            return repr(bool(e))
         if e.is_Relational:
             op = {"==": "==", "!=": "!=", ">": ">", "<": "<", ">=": ">=", "<=": "<="}[e.rel_op]
             return f"({p(e.lhs)} {op} {p(e.rhs)})"

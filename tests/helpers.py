@@ -1,0 +1,50 @@
+"""Shared test helpers: compile a dict of traced outputs natively and run the same graph in the
+reference interpreter, so one compile checks many ops."""
+import numpy as np
+
+from graphflux.compiler.autodiff import differentiate
+from graphflux.compiler.graph import Graph
+from graphflux.compiler.pipeline import compile_graph
+from graphflux.compiler.tracer import TraceContext
+from graphflux.runtime import evaluate
+from graphflux.runtime.executable import Executable
+
+
+def trace_outputs(fn, inputs, grads_of=None):
+    """Trace fn(**tracers) -> {name: tracer}; with grads_of=name, add d(output)/d(input) for
+    every input. Returns (graph, {input name: node}, {node id: array the function captured})."""
+    ctx = TraceContext()
+    tracers = {k: ctx.new_input(v.shape, v.dtype, k, "data") for k, v in inputs.items()}
+    with ctx:
+        outs = fn(**tracers)
+        outputs = [(k, t.node) for k, t in outs.items()]
+        if grads_of is not None:
+            loss = dict(outputs)[grads_of]
+            g = differentiate(loss, [t.node for t in tracers.values()], ctx)
+            outputs += [(f"grad:{k}", g[t.node.id]) for k, t in tracers.items()
+                        if g[t.node.id] is not None]
+    nodes = {k: t.node for k, t in tracers.items()}
+    captured = {node.id: arr for arr, node in ctx.captured.values()}
+    return Graph(list(ctx.inputs), outputs), nodes, captured
+
+
+def bindings(nodes, inputs, captured):
+    return {**{n.id: inputs[k] for k, n in nodes.items()}, **captured}
+
+
+def run_both(graph, nodes, inputs, captured):
+    """(native outputs, reference outputs, artifact) of `graph` on `inputs`."""
+    art = compile_graph(graph, graph, {})
+    ex = Executable(art)
+    for node_id, arr in bindings(nodes, inputs, captured).items():
+        if node_id in ex.input_slot:
+            ex.bind(node_id, arr)
+    status, native = ex.run()
+    assert status == 0
+    reference, _ = evaluate(graph, bindings(nodes, inputs, captured))
+    return native, reference, art
+
+
+def tolerance(dtype):
+    return dict(rtol=2e-5, atol=2e-6) if np.dtype(dtype) == np.float32 else \
+        dict(rtol=1e-12, atol=1e-13)

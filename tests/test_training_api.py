@@ -1,0 +1,395 @@
+"""gf.train and gf.DataLoader: batching, splatting, compilation per signature, errors that leave
+everything untouched, and compiled vs eager trajectories (Flux semantics, batch-first)."""
+import logging
+
+import numpy as np
+import pytest
+
+import graphflux as gf
+
+
+def snapshot(ps):
+    return [p.copy() for p in ps]
+
+
+def assert_unchanged(ps, saved):
+    for p, s in zip(ps, saved):
+        assert np.array_equal(p, s)
+
+
+def compile_records(caplog):
+    return [r for r in caplog.records
+            if r.name == "graphflux" and "compiled step" in r.getMessage()]
+
+
+# ---- DataLoader -------------------------------------------------------------------------------
+
+def test_dataloader_flux_example():
+    X = np.arange(1, 11).reshape(5, 2)
+    Y = np.arange(1, 6)
+    d = gf.DataLoader((X, Y), batchsize=2)
+    assert len(d) == 3
+    batches = list(d)
+    expected = [([[1, 2], [3, 4]], [1, 2]), ([[5, 6], [7, 8]], [3, 4]), ([[9, 10]], [5])]
+    assert len(batches) == 3
+    for (bx, by), (ex, ey) in zip(batches, expected):
+        assert isinstance(bx, np.ndarray) and isinstance(by, np.ndarray)
+        np.testing.assert_array_equal(bx, np.array(ex))
+        np.testing.assert_array_equal(by, np.array(ey))
+        assert bx.ndim == 2 and by.ndim == 1
+        # DataLoader never casts
+        assert bx.dtype == X.dtype and by.dtype == Y.dtype
+    # iterating again gives the same batches (no shuffle)
+    for (bx, by), (cx, cy) in zip(batches, d):
+        np.testing.assert_array_equal(bx, cx)
+        np.testing.assert_array_equal(by, cy)
+
+
+def test_dataloader_single_array_and_batchsize_one_keeps_batch_axis():
+    X = np.arange(12.0).reshape(6, 2)
+    d = gf.DataLoader(X)
+    assert len(d) == 6
+    batches = list(d)
+    assert all(isinstance(b, np.ndarray) and b.shape == (1, 2) for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), X)
+
+
+def test_dataloader_len_and_partial_false_drops_last():
+    X = np.arange(1, 11).reshape(5, 2)
+    Y = np.arange(1, 6)
+    d = gf.DataLoader((X, Y), batchsize=2, partial=False)
+    assert len(d) == 2
+    batches = list(d)
+    assert len(batches) == 2
+    assert [b[0].shape for b in batches] == [(2, 2), (2, 2)]
+    np.testing.assert_array_equal(batches[1][1], [3, 4])
+    assert len(gf.DataLoader((X, Y), batchsize=3)) == 2
+    assert len(gf.DataLoader((X, Y), batchsize=3, partial=False)) == 1
+    assert len(gf.DataLoader((X, Y), batchsize=5)) == 1
+
+
+def test_dataloader_shuffle_reshuffles_every_iteration():
+    n = 20
+    X = np.arange(2 * n).reshape(n, 2)
+    Y = np.arange(n) * 10
+    d = gf.DataLoader((X, Y), batchsize=3, shuffle=True, rng=42)
+    orders = []
+    for _ in range(2):
+        batches = list(d)
+        assert len(batches) == len(d) == 7
+        assert [len(b[1]) for b in batches] == [3] * 6 + [2]
+        xs = np.concatenate([b[0] for b in batches])
+        ys = np.concatenate([b[1] for b in batches])
+        order = xs[:, 0] // 2
+        # a permutation covering every row once, x and y rows kept together
+        assert sorted(order.tolist()) == list(range(n))
+        np.testing.assert_array_equal(xs, X[order])
+        np.testing.assert_array_equal(ys, Y[order])
+        orders.append(order)
+    assert not np.array_equal(orders[0], orders[1])
+    assert not np.array_equal(orders[0], np.arange(n))
+    # the same int seed gives the same sequence of shuffles
+    again = gf.DataLoader((X, Y), batchsize=3, shuffle=True, rng=42)
+    first = np.concatenate([b[0] for b in again])[:, 0] // 2
+    np.testing.assert_array_equal(first, orders[0])
+    # a Generator is accepted too
+    g = gf.DataLoader((X, Y), batchsize=3, shuffle=True, rng=np.random.default_rng(42))
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in g])[:, 0] // 2, orders[0])
+
+
+def test_dataloader_dict_yields_dicts():
+    X = np.arange(1, 11).reshape(5, 2)
+    Y = np.arange(1, 6)
+    d = gf.DataLoader({"x": X, "y": Y}, batchsize=2)
+    batches = list(d)
+    assert len(batches) == 3
+    assert all(isinstance(b, dict) and set(b) == {"x", "y"} for b in batches)
+    np.testing.assert_array_equal(batches[0]["x"], [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(batches[0]["y"], [1, 2])
+    np.testing.assert_array_equal(batches[2]["x"], [[9, 10]])
+    np.testing.assert_array_equal(batches[2]["y"], [5])
+
+
+def test_dataloader_different_lengths_raise_at_construction():
+    X = np.zeros((5, 2))
+    Y = np.zeros(4)
+    with pytest.raises(gf.GraphfluxError) as e:
+        gf.DataLoader((X, Y), batchsize=2)
+    assert "(5, 2)" in str(e.value) and "(4,)" in str(e.value)
+    with pytest.raises(gf.GraphfluxError):
+        gf.DataLoader({"x": X, "y": Y})
+
+
+# ---- what train passes to the loss ------------------------------------------------------------
+
+def small_model(seed, n_in, n_hidden, n_out, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+
+    def init(*dims):
+        return gf.glorot_uniform(*dims, rng=rng, dtype=dtype)
+    return gf.Chain(gf.Dense(n_in, n_hidden, gf.tanh, init=init), gf.Dense(n_hidden, n_out,
+                                                                          init=init))
+
+
+def np_small_forward(params, x):
+    W1, b1, W2, b2 = [np.asarray(p, np.float64) for p in params]
+    return np.tanh(np.asarray(x, np.float64) @ W1.T + b1) @ W2.T + b2
+
+
+@pytest.mark.parametrize("mode", ["compiled", "eager"])
+def test_tuple_items_are_splatted(mode):
+    m = small_model(0, 3, 4, 2)
+    ps = gf.params(m)
+    rng = np.random.default_rng(1)
+    data = [(rng.random((5, 3), dtype=np.float32), rng.random((5, 2), dtype=np.float32))
+            for _ in range(2)]
+    received = []
+
+    def loss(x, y):
+        received.append((tuple(x.shape), tuple(y.shape)))
+        return gf.losses.mse(m(x), y)
+    before = snapshot(ps)
+    infos = []
+    gf.train(loss, ps, data, gf.Descent(0.1), mode=mode, cb=lambda i: infos.append(i))
+    assert received and all(r == ((5, 3), (5, 2)) for r in received)
+    x, y = data[0]
+    np.testing.assert_allclose(infos[0].loss, np.mean((np_small_forward(before, x) - y) ** 2),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["compiled", "eager"])
+def test_single_array_items_are_passed_as_one_argument(mode):
+    m = small_model(2, 3, 4, 2)
+    ps = gf.params(m)
+    X = np.random.default_rng(3).random((6, 3), dtype=np.float32)
+    received = []
+
+    def loss(x):
+        received.append(tuple(x.shape))
+        return gf.mean(m(x) * m(x))
+    before = snapshot(ps)
+    infos = []
+    gf.train(loss, ps, gf.DataLoader(X, batchsize=3), gf.Descent(0.1), mode=mode,
+             cb=lambda i: infos.append(i))
+    assert received and all(r == (3, 3) for r in received)
+    assert len(infos) == 2
+    np.testing.assert_allclose(infos[0].loss, np.mean(np_small_forward(before, X[:3]) ** 2),
+                               rtol=1e-5)
+
+
+def test_last_partial_batch_compiles_once_not_per_epoch(caplog):
+    m = small_model(4, 7, 3, 2)          # shapes used by no other test: nothing cached yet
+    ps = gf.params(m)
+    rng = np.random.default_rng(5)
+    X = rng.random((10, 7), dtype=np.float32)
+    Y = rng.random((10, 2), dtype=np.float32)
+    loader = gf.DataLoader((X, Y), batchsize=4)
+    assert [len(b[0]) for b in loader] == [4, 4, 2]
+
+    def loss(x, y):
+        return gf.losses.mse(m(x), y)
+    opt = gf.Descent(0.05)
+    steps = []
+    with caplog.at_level(logging.INFO, logger="graphflux"):
+        for _ in gf.epochs(3):
+            gf.train(loss, ps, loader, opt, cb=lambda i: steps.append(i.step))
+    assert steps == [1, 2, 3] * 3
+    assert len(compile_records(caplog)) == 2
+
+
+# ---- errors leave everything untouched ----------------------------------------------------------
+
+def test_shape_mismatch_in_traced_loss_names_op_shapes_and_line():
+    W = np.ones((3, 2), dtype=np.float32)
+    ps = gf.params(W)
+    saved = snapshot(ps)
+    x = np.ones((4, 5), dtype=np.float32)
+
+    def loss(x):
+        return gf.mean(x @ W)       # (4, 5) @ (3, 2): inner dimensions differ
+    line = loss.__code__.co_firstlineno + 1
+    with pytest.raises(gf.GraphfluxError) as e:
+        gf.train(loss, ps, [x], gf.Descent(0.1))
+    msg = str(e.value)
+    assert "matmul" in msg
+    assert "(4, 5)" in msg and "(3, 2)" in msg
+    assert f"test_training_api.py:{line}" in msg
+    assert isinstance(e.value, ValueError)
+    assert_unchanged(ps, saved)
+
+
+def test_python_if_on_traced_value_mentions_control_flow():
+    layer = gf.Dense(3, 2)
+    ps = gf.params(layer)
+    saved = snapshot(ps)
+    x = np.ones((4, 3), dtype=np.float32)
+
+    def loss(x):
+        s = gf.sum(layer(x))
+        if s > 0:
+            return s
+        return -s
+    with pytest.raises(gf.GraphfluxError) as e:
+        gf.train(loss, ps, [x], gf.Descent(0.1))
+    assert "control flow" in str(e.value)
+    assert "test_training_api.py:" in str(e.value)
+    assert_unchanged(ps, saved)
+
+
+def test_integer_parameter_refused_before_compilation(caplog):
+    W = np.array([[1, 2, 3]])
+    ps = gf.params(W)
+    x = np.ones((2, 3), dtype=np.float32)
+
+    def loss(x):
+        return gf.mean(x * W)
+    with caplog.at_level(logging.INFO, logger="graphflux"):
+        with pytest.raises(gf.GraphfluxError) as e:
+            gf.train(loss, ps, [x], gf.Descent(0.1))
+    msg = str(e.value)
+    assert "int64" in msg and "float" in msg
+    assert compile_records(caplog) == []
+    np.testing.assert_array_equal(W, [[1, 2, 3]])
+    assert W.dtype == np.int64
+
+
+def test_batch_with_different_x_and_y_lengths_refused(caplog):
+    m = small_model(6, 5, 4, 3)
+    ps = gf.params(m)
+    saved = snapshot(ps)
+    x = np.ones((8, 5), dtype=np.float32)
+    y = np.ones((7, 3), dtype=np.float32)
+
+    def loss(x, y):
+        return gf.losses.mse(m(x), y)
+    with caplog.at_level(logging.INFO, logger="graphflux"):
+        with pytest.raises(gf.GraphfluxError) as e:
+            gf.train(loss, ps, [(x, y)], gf.Descent(0.1))
+    msg = str(e.value)
+    assert "8" in msg and "7" in msg
+    assert compile_records(caplog) == []
+    assert_unchanged(ps, saved)
+
+
+def opt_state_snapshot(opt):
+    return {k: (entry[0], {n: a.copy() for n, a in entry[1].items()}, entry[2])
+            for k, entry in opt._state.items()}
+
+
+def assert_opt_state_equal(opt, saved):
+    assert set(opt._state) == set(saved)
+    for k, (x, arrays, host) in saved.items():
+        x2, arrays2, host2 = opt._state[k]
+        assert x2 is x
+        assert set(arrays2) == set(arrays)
+        for n in arrays:
+            assert np.array_equal(arrays2[n], arrays[n])
+        assert host2 == host
+
+
+@pytest.mark.parametrize("mode", ["compiled", "eager"])
+def test_nonfinite_loss_raises_and_leaves_params_and_adam_state_untouched(mode):
+    m = small_model(7, 5, 4, 3)
+    ps = gf.params(m)
+    rng = np.random.default_rng(8)
+    x = rng.random((6, 5), dtype=np.float32)
+    y = rng.random((6, 3), dtype=np.float32)
+    x_nan = x.copy()
+    x_nan[2, 1] = np.nan
+
+    def loss(x, y):
+        return gf.losses.mse(m(x), y)
+    opt = gf.Adam(1e-3)
+    initial = snapshot(ps)
+    saved = {}
+
+    def cb(info):
+        saved["params"] = snapshot(ps)
+        saved["opt"] = opt_state_snapshot(opt)
+    with pytest.raises(gf.NonFiniteLoss) as e:
+        gf.train(loss, ps, [(x, y), (x_nan, y)], opt, cb=cb, mode=mode)
+    assert isinstance(e.value, gf.GraphfluxError)
+    assert "data item 1" in str(e.value)
+    # the first item was applied ...
+    assert not np.array_equal(ps[0], initial[0])
+    assert len(opt._state) == 4
+    # ... the second one changed nothing at all
+    assert_unchanged(ps, saved["params"])
+    assert_opt_state_equal(opt, saved["opt"])
+    # and training goes on from there as if the bad item had never been seen
+    twin = small_model(7, 5, 4, 3)
+    twin_opt = gf.Adam(1e-3)
+    twin_ps = gf.params(twin)
+    gf.train(lambda a, b: gf.losses.mse(twin(a), b), twin_ps, [(x, y), (x, y)], twin_opt,
+             mode=mode)
+    gf.train(loss, ps, [(x, y)], opt, mode=mode)
+    for p, q in zip(ps, twin_ps):
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
+
+
+# ---- compiled and eager agree -------------------------------------------------------------------
+
+def lce_setup(dtype):
+    rng = np.random.default_rng(123)
+    batches = []
+    for _ in range(20):
+        x = rng.standard_normal((8, 5)).astype(dtype)
+        labels = rng.integers(0, 3, size=8)
+        batches.append((x, gf.onehotbatch(labels, range(3)).astype(dtype)))
+    return batches
+
+
+def run_trajectory(opt, dtype, mode):
+    m = small_model(99, 5, 4, 3, dtype=dtype)
+    ps = gf.params(m)
+
+    def loss(x, y):
+        return gf.losses.logitcrossentropy(m(x), y)
+    losses, params = [], []
+
+    def cb(info):
+        losses.append(info.loss)
+        params.append(snapshot(ps))
+    gf.train(loss, ps, lce_setup(dtype), opt, cb=cb, mode=mode)
+    return np.array(losses), params
+
+
+OPTIMISERS = [lambda: gf.Descent(0.1), lambda: gf.Momentum(0.01, 0.9), lambda: gf.Adam(1e-3)]
+
+
+@pytest.mark.parametrize("make_opt", OPTIMISERS, ids=["Descent", "Momentum", "Adam"])
+def test_compiled_and_eager_trajectories_agree_f64(make_opt):
+    lc, pc = run_trajectory(make_opt(), np.float64, "compiled")
+    le, pe = run_trajectory(make_opt(), np.float64, "eager")
+    assert len(lc) == len(le) == 20
+    np.testing.assert_allclose(lc, le, rtol=1e-9, atol=1e-12)
+    for step_c, step_e in zip(pc, pe):
+        for a, b in zip(step_c, step_e):
+            assert a.dtype == b.dtype == np.float64
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    # the parameters moved and the loss went down on the whole
+    assert not np.allclose(pc[0][0], pc[-1][0])
+
+
+@pytest.mark.parametrize("make_opt", OPTIMISERS, ids=["Descent", "Momentum", "Adam"])
+def test_compiled_and_eager_trajectories_agree_f32(make_opt):
+    lc, pc = run_trajectory(make_opt(), np.float32, "compiled")
+    le, pe = run_trajectory(make_opt(), np.float32, "eager")
+    assert len(lc) == len(le) == 20
+    np.testing.assert_allclose(lc, le, rtol=1e-4)
+    assert pc[-1][0].dtype == np.float32
+
+
+def test_first_step_loss_matches_numpy_logitcrossentropy():
+    """An independent check that both trajectories start from the right loss."""
+    batches = lce_setup(np.float64)
+    m = small_model(99, 5, 4, 3, dtype=np.float64)
+    before = snapshot(gf.params(m))
+    lc, _ = run_trajectory(gf.Descent(0.1), np.float64, "compiled")
+    x, y = batches[0]
+    z = np_small_forward(before, x)
+    logp = z - z.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    expected = np.mean(-np.sum(y * logp, axis=-1))
+    np.testing.assert_allclose(lc[0], expected, rtol=1e-12)
+
