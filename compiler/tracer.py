@@ -190,7 +190,9 @@ class TraceContext(Context):
                 ins.append(self.lift(a).node)
             else:
                 ins.append(None)
-        ref = next(n for n in ins if n is not None)
+        ref = next((n for n in ins if n is not None), None)
+        if ref is None:
+            return _ops.NUMPY_IMPLS[op](*args, **attrs)
         nodes = []
         for a, n in zip(args, ins):
             if n is None:

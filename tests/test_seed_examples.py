@@ -289,7 +289,7 @@ def test_throttle_trailing_only_defers_the_first_call():
     f()
     f()
     assert count[0] == 0
-    time.sleep(0.45)
+    time.sleep(0.6)
     assert count[0] == 1
 
 
@@ -300,7 +300,7 @@ def test_throttle_leading_and_trailing_last_arguments_win():
     f(2)
     f(3)
     assert seen == [1]
-    time.sleep(0.45)
+    time.sleep(0.6)
     assert seen == [1, 3]
 
 
