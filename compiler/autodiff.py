@@ -43,12 +43,13 @@ def _vjp_reduce_sum(g, out, ins, attrs, need):
     return [ops.broadcast_to(ops.reshape(g, _keepdims_shape(x, attrs["axes"])), x.shape)]
 
 
+
 def _vjp_reduce_max(g, out, ins, attrs, need):
     """Ties share the cotangent equally, as in JAX and PyTorch's amax."""
     x = ins[0]
     keep = _keepdims_shape(x, attrs["axes"])
     mask = ops.elementwise("equal", x, ops.reshape(out, keep))
-    count = ops.reshape(ops.sum(mask, attrs["axes"]), keep)
+    count = ops.sum(mask, attrs["axes"], keepdims=True)
     return [ops.mul(mask, ops.div(ops.reshape(g, keep), count))]
 
 

@@ -12,7 +12,7 @@ from llvmlite import ir
 
 from . import transcendental as tr
 from .loops import I64, for_range, gep, i64
-from .matmul import gemm_function
+from .matmul import declare_gemm
 from .plan import GemmKernel
 from .scalar_codegen import emit_expressions
 
@@ -158,7 +158,7 @@ def lower(plan, step_name, vector_width):
     def call_kernel(kern):
         if isinstance(kern, GemmKernel):
             dtype = np.dtype(kern.out.dtype)
-            fn = gemm_function(module, llvm_type(dtype), vector_width[dtype])
+            fn = declare_gemm(module, llvm_type(dtype), vector_width[dtype])
             b.call(fn, [at(kern.a), at(kern.b), at(kern.out), base(kern.pack_a),
                         base(kern.pack_b)] + [i64(v) for v in (kern.m, kern.n, kern.k)]
                    + [i64(v) for v in kern.a.strides + kern.b.strides])

@@ -126,22 +126,39 @@ def pack_elements(M, N, K, vw, dtype):
     return mc * kc, kc * nc
 
 
-def gemm_function(module, ty, vw):
-    """The module's GEMM for `ty`, defined once and shared by every matrix product:
-    `void gemm(ptr A, ptr B, ptr C, ptr packA, ptr packB, i64 M, N, K, sam, sak, sbk, sbn)`
-    computes C[M,N] (row-major, contiguous) = A[M,K] @ B[K,N], with A and B read at element
-    strides (sam, sak) and (sbk, sbn). One shared function keeps LLVM's work per step small."""
-    name = f"gf.gemm.{'f32' if isinstance(ty, ir.FloatType) else 'f64'}"
+def gemm_name(ty, vw):
+    return f"gf_gemm_{'f32' if isinstance(ty, ir.FloatType) else 'f64'}_x{vw}"
+
+
+def _gemm_type():
+    ptr = ir.PointerType()
+    return ir.FunctionType(ir.VoidType(), [ptr] * 5 + [I64] * 7)
+
+
+def declare_gemm(module, ty, vw):
+    """Declare the shared GEMM in a step's module; its body lives in the GEMM library object
+    (`gemm_library`), compiled once per process and linked into every engine."""
+    name = gemm_name(ty, vw)
     if name in module.globals:
         return module.globals[name]
+    return ir.Function(module, _gemm_type(), name=name)
+
+
+def gemm_library(ty, vw):
+    """A module defining `void gemm(ptr A, ptr B, ptr C, ptr packA, ptr packB, i64 M, N, K,
+    sam, sak, sbk, sbn)`: C[M,N] (row-major, contiguous) = A[M,K] @ B[K,N], with A and B read at
+    element strides (sam, sak) and (sbk, sbn). One function serves every product of a dtype."""
+    module = ir.Module(name=gemm_name(ty, vw))
+    _define_gemm(module, gemm_name(ty, vw), ty, vw)
+    return module
+
+
+def _define_gemm(module, name, ty, vw):
     nr = 2 * vw
     is_f32 = isinstance(ty, ir.FloatType)
     nc_cap, mc_cap = NC[is_f32], MC
     uk = _micro_kernel(module, name + ".uk", ty, vw)
-    ptr = ir.PointerType()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr] * 5 + [I64] * 7), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
+    fn = ir.Function(module, _gemm_type(), name=name)
     A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn = fn.args
     for a in fn.args[:5]:
         a.add_attribute("noalias")

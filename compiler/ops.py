@@ -10,7 +10,7 @@ import numpy as np
 
 from . import elementwise as ew
 from .errors import ShapeError, TraceError
-from .tracer import Tracer, current_context
+from .tracer import Tracer, _stack as _contexts
 
 NUMPY_IMPLS = {}
 
@@ -48,8 +48,10 @@ def _rule_cast(ins, attrs, src):
 
 
 def _rule_reduce(ins, attrs, src):
-    x = ins[0]
-    return tuple(s for d, s in enumerate(x.shape) if d not in attrs["axes"]), x.dtype
+    x, axes = ins[0], attrs["axes"]
+    if attrs["keepdims"]:
+        return tuple(1 if d in axes else s for d, s in enumerate(x.shape)), x.dtype
+    return tuple(s for d, s in enumerate(x.shape) if d not in axes), x.dtype
 
 
 def _rule_matmul(ins, attrs, src):
@@ -114,7 +116,7 @@ PRIMITIVES = tuple(SHAPE_RULES)
 
 def bind(op, args, attrs):
     """Apply primitive `op`: record a node when a context is tracing, else run numpy."""
-    ctx = current_context()
+    ctx = _contexts[-1] if _contexts else None
     if ctx is None:
         for a in args:
             if isinstance(a, Tracer):
@@ -138,6 +140,12 @@ def _dtype(x):
 def elementwise(fn, *args):
     """Apply a registered ElementwiseFn (by name) with numpy broadcasting; operands are promoted
     to one floating dtype, Python numbers take the tensors' dtype."""
+    if not _contexts:
+        for x in args:
+            if isinstance(x, Tracer):
+                break
+        else:
+            return NUMPY_IMPLS["elementwise"](*args, fn=fn)
     dt, mixed = None, False
     for x in args:
         if isinstance(x, (Tracer, np.ndarray)):
@@ -202,22 +210,14 @@ def _src():
     return user_source_line()
 
 
-def _keep(x, r, axes, keepdims):
-    if not keepdims:
-        return r
-    return reshape(r, tuple(1 if d in axes else s for d, s in enumerate(x.shape)))
-
-
 def sum(x, axis=None, keepdims=False):  # noqa: A001
     x = _as_float(x)
-    axes = _axes(x, axis)
-    return _keep(x, bind("reduce_sum", (x,), {"axes": axes}), axes, keepdims)
+    return bind("reduce_sum", (x,), {"axes": _axes(x, axis), "keepdims": bool(keepdims)})
 
 
 def max(x, axis=None, keepdims=False):  # noqa: A001
     x = _as_float(x)
-    axes = _axes(x, axis)
-    return _keep(x, bind("reduce_max", (x,), {"axes": axes}), axes, keepdims)
+    return bind("reduce_max", (x,), {"axes": _axes(x, axis), "keepdims": bool(keepdims)})
 
 
 def mean(x, axis=None, keepdims=False):
@@ -230,7 +230,7 @@ def mean(x, axis=None, keepdims=False):
 def _as_float(x):
     if not _is_tensor(x):
         x = np.asarray(x, dtype=np.float64)
-    if not np.issubdtype(x.dtype, np.floating):
+    if x.dtype.kind != "f":
         return cast(x, np.float32 if x.dtype.itemsize <= 4 else np.float64)
     return x
 

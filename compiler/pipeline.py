@@ -3,8 +3,12 @@ buffer plan the runtime binds, and the text of every stage for inspection."""
 import hashlib
 import time
 
+import numpy as np
+from llvmlite import ir
+
 from . import llvm_backend
 from .lower import lower
+from .matmul import gemm_library, gemm_name
 from .passes import optimize
 from .plan import Planner
 
@@ -22,7 +26,7 @@ class Artifact:
     the stages as Graphs; `llvm_ir`, `llvm_ir_optimized` and `asm` are text; `stats` a dict."""
 
     def __init__(self, graph, grad_graph, optimized_graph, plan, symbol, llvm_ir,
-                 llvm_ir_optimized, object_code, stats):
+                 llvm_ir_optimized, objects, stats):
         self.graph = graph
         self.grad_graph = grad_graph
         self.optimized_graph = optimized_graph
@@ -30,7 +34,7 @@ class Artifact:
         self.symbol = symbol
         self.llvm_ir = llvm_ir
         self.llvm_ir_optimized = llvm_ir_optimized
-        self.object_code = object_code
+        self.objects = objects      # the step's object code, then the libraries it links
         self.stats = stats
         self._asm = None
 
@@ -62,7 +66,7 @@ def compile_graph(graph, grad_graph, seconds, key=None):
     seconds["llvm_opt"] = t_opt
     opt_text = str(llmod)
     t = time.perf_counter()
-    obj = llvm_backend.emit_object(llmod)
+    objects = [llvm_backend.emit_object(llmod)] + _libraries(ir_text, widths)
     seconds["machine_code"] = time.perf_counter() - t
     stats = {
         "nodes": {"graph": len(graph), "grad_graph": len(grad_graph),
@@ -76,4 +80,15 @@ def compile_graph(graph, grad_graph, seconds, key=None):
         "cache_hit": False,
         "key": key,
     }
-    return Artifact(graph, grad_graph, optimized, plan, symbol, ir_text, opt_text, obj, stats)
+    return Artifact(graph, grad_graph, optimized, plan, symbol, ir_text, opt_text, objects, stats)
+
+
+def _libraries(ir_text, widths):
+    """Object code of the library functions the step calls (compiled once per process)."""
+    out = []
+    for dtype, ty in ((np.dtype(np.float32), ir.FloatType()), (np.dtype(np.float64),
+                                                                ir.DoubleType())):
+        name = gemm_name(ty, widths[dtype])
+        if f'@"{name}"' in ir_text or f"@{name}(" in ir_text:
+            out.append(llvm_backend.library_object(name, str(gemm_library(ty, widths[dtype]))))
+    return out

@@ -327,7 +327,10 @@ class Planner:
                     axes = n.attrs["axes"]
                     st, it = [], iter(lay.strides)
                     for d in range(len(shape)):
-                        st.append(0 if d in axes else next(it))
+                        if n.attrs["keepdims"]:
+                            st.append(0 if d in axes else lay.strides[d])
+                        else:
+                            st.append(0 if d in axes else next(it))
                     it_lay = Layout(buf, 0, tuple(st), shape, n.dtype)
                     outputs.append((it_lay, e, "sum" if n.op == "reduce_sum" else "max"))
                 else:

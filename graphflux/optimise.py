@@ -112,9 +112,10 @@ class Adam(Optimiser):
 
 def apply_eager(opt, x, g):
     """One in-place update of array `x` with gradient `g` in numpy: the rule run on arrays,
-    scalars as 0-d arrays of x's dtype so the arithmetic matches the compiled step."""
+    scalars as numpy scalars of x's dtype so the arithmetic matches the compiled step."""
     _, state, host = opt.slot(x)
-    s = {k: np.asarray(v, dtype=x.dtype) for k, v in opt.scalars(host).items()}
+    cast = x.dtype.type
+    s = {k: cast(v) for k, v in opt.scalars(host).items()}
     delta, new = opt.rule(x, np.asarray(g, dtype=x.dtype), state, s)
     x -= delta
     for k, v in new.items():

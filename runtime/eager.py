@@ -48,6 +48,8 @@ class EagerContext(Context):
         if entry is not None:
             return entry[1]
         base = x.base
+        if base is None:
+            return None
         while base is not None:
             if id(base) in self.leaves:
                 raise TraceError(
@@ -60,7 +62,7 @@ class EagerContext(Context):
     def record(self, op, args, attrs):
         vals, parents, tracked = [], [], False
         for a in args:
-            if isinstance(a, np.ndarray):
+            if type(a) is np.ndarray:
                 t = self.lift(a)
                 a = t if t is not None else a
             if isinstance(a, EagerTensor):

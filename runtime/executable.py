@@ -9,7 +9,7 @@ class Executable:
     def __init__(self, artifact):
         plan = artifact.plan
         self.artifact = artifact
-        self.native = NativeStep(artifact.object_code, artifact.symbol, len(plan.ext_slots),
+        self.native = NativeStep(artifact.objects, artifact.symbol, len(plan.ext_slots),
                                  plan.arena_bytes, len(plan.scalar_names))
         self.input_slot = {}
         self.outputs = []

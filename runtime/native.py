@@ -13,12 +13,13 @@ _STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
 
 
 class NativeStep:
-    def __init__(self, object_code, symbol, n_slots, arena_bytes, n_scalars):
+    def __init__(self, objects, symbol, n_slots, arena_bytes, n_scalars):
         tm = new_target_machine()
         empty = llvm.parse_assembly("")
         empty.name = symbol + ".loader"
         self.engine = llvm.create_mcjit_compiler(empty, tm)
-        self.engine.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+        for obj in objects:
+            self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
         address = self.engine.get_function_address(symbol)
         if not address:

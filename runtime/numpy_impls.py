@@ -54,8 +54,9 @@ def unslice(g, shape, starts, stops, steps):
 IMPLS = {
     "elementwise": elementwise,
     "cast": lambda x, dtype: np.asarray(x).astype(dtype),
-    "reduce_sum": lambda x, axes: np.asarray(np.sum(x, axis=axes)),
-    "reduce_max": lambda x, axes: np.asarray(np.max(x, axis=axes)),
+    "reduce_sum": lambda x, axes, keepdims: np.add.reduce(x, axis=axes, keepdims=keepdims),
+    "reduce_max": lambda x, axes, keepdims: np.maximum.reduce(x, axis=axes,
+                                                              keepdims=keepdims),
     "matmul": lambda a, b, ta, tb: (a.T if ta else a) @ (b.T if tb else b),
     "reshape": lambda x, shape: np.reshape(x, shape),
     "transpose": lambda x, perm: np.transpose(x, perm),

@@ -1,0 +1,57 @@
+"""Side-by-side timing of the standard workloads, in one process on one machine:
+hand-written numpy, graphflux eager, graphflux compiled (median us per step), and the cold
+compile time of each compiled step in a fresh process. Usage: python benchmarks/run.py"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import graphflux as gf
+from graphflux.bench import _times, build, machine, workloads
+
+sys.path.insert(0, os.path.dirname(__file__))
+import hand_numpy  # noqa: E402
+
+COLD = """
+import time, numpy as np, graphflux as gf
+from graphflux.bench import build, workloads
+_, ps, loss, opt, x, y = build(workloads()[{name!r}])
+step = gf.compile(loss, ps, opt)
+t = time.perf_counter(); step(x, y); print(time.perf_counter() - t)
+"""
+
+
+def cold_compile(name):
+    out = subprocess.run([sys.executable, "-c", COLD.format(name=name)], capture_output=True,
+                         text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(steps=300):
+    rows = []
+    for name, spec in workloads().items():
+        model, ps, loss, opt, x, y = build(spec)
+        hand = hand_numpy.for_workload(name, model)
+        compiled = gf.compile(loss, ps, opt)
+        _, ps_e, loss_e, opt_e, _, _ = build(spec)
+        eager = gf.compile(loss_e, ps_e, opt_e, mode="eager")
+        for f in (lambda: hand.step(x, y), lambda: compiled(x, y), lambda: eager(x, y)):
+            f()
+        n_slow = steps // 3 if name == "mlp-wide" else steps
+        row = {"workload": name,
+               "numpy_us": float(np.median(_times(lambda: hand.step(x, y), n_slow))),
+               "eager_us": float(np.median(_times(lambda: eager(x, y), n_slow))),
+               "compiled_us": float(np.median(_times(lambda: compiled(x, y), steps))),
+               "cold_compile_s": cold_compile(name)}
+        row["eager/numpy"] = row["eager_us"] / row["numpy_us"]
+        row["eager/compiled"] = row["eager_us"] / row["compiled_us"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(json.dumps({"machine": machine(), "date": time.strftime("%Y-%m-%d")}))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 300)

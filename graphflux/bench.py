@@ -1,0 +1,108 @@
+"""`graphflux bench`: the standard workloads, compiled against eager (and hand-written numpy
+where one is given), median and spread of the time per training step measured side by side in
+one run, the cold compile time, and a check that both modes reach the same loss."""
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def _mlp(sizes, acts, rng, dtype=np.float32):
+    import graphflux as gf
+    init = lambda *d: gf.glorot_uniform(*d, rng=rng, dtype=dtype)  # noqa: E731
+    return gf.Chain(*[gf.Dense(a, b, act, init=init)
+                      for (a, b), act in zip(zip(sizes, sizes[1:]), acts)])
+
+
+def workloads():
+    import graphflux as gf
+    return {
+        "seed-mlp": dict(sizes=(784, 32, 10), acts=(gf.σ, gf.identity), softmax=True,
+                         loss="mse", opt=lambda: gf.Descent(0.1), batch=128),
+        "mlp-wide": dict(sizes=(784, 512, 512, 10), acts=(gf.relu, gf.relu, gf.identity),
+                         softmax=False, loss="logitcrossentropy", opt=lambda: gf.Adam(1e-3),
+                         batch=256),
+        "tiny": dict(sizes=(64, 32, 10), acts=(gf.tanh, gf.identity), softmax=False,
+                     loss="logitcrossentropy", opt=lambda: gf.Adam(1e-3), batch=32),
+    }
+
+
+def build(spec, seed=0):
+    """(model, params, loss function, optimiser, x, y) for a workload spec."""
+    import graphflux as gf
+    rng = np.random.default_rng(seed)
+    model = _mlp(spec["sizes"], spec["acts"], rng)
+    if spec["softmax"]:
+        model = gf.Chain(*model.layers, gf.softmax)
+    x = rng.random((spec["batch"], spec["sizes"][0]), dtype=np.float32)
+    y = gf.onehotbatch(rng.integers(0, 10, spec["batch"]), range(10))
+    lossfn = getattr(gf.losses, spec["loss"])
+
+    def loss(x, y):
+        return lossfn(model(x), y)
+    return model, gf.params(model), loss, spec["opt"](), x, y
+
+
+def _times(f, steps):
+    out = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        f()
+        out.append(time.perf_counter() - t)
+    return np.array(out) * 1e6
+
+
+def measure(name, spec, steps=200, check_steps=20):
+    import graphflux as gf
+    result = {"workload": name}
+    losses = {}
+    for mode in ("compiled", "eager"):
+        _, ps, loss, opt, x, y = build(spec)
+        step = gf.compile(loss, ps, opt, mode=mode)
+        t = time.perf_counter()
+        step(x, y)
+        if mode == "compiled":
+            result["compile_s"] = time.perf_counter() - t
+        losses[mode] = [step(x, y) for _ in range(check_steps)]
+        n = steps if mode == "compiled" else max(steps // 4, 20)
+        us = _times(lambda: step(x, y), n)
+        result[f"{mode}_median_us"] = float(np.median(us))
+        result[f"{mode}_iqr_us"] = float(np.subtract(*np.percentile(us, [75, 25])))
+    result["speedup"] = result["eager_median_us"] / result["compiled_median_us"]
+    result.update(loss_check(losses["compiled"], losses["eager"]))
+    return result
+
+
+def loss_check(compiled, eager, rtol=1e-4):
+    """Both modes must reach the same loss after the same steps (float32: rtol 1e-4)."""
+    c, e = float(compiled[-1]), float(eager[-1])
+    ok = bool(np.isfinite(c) and abs(c - e) <= rtol * max(abs(e), 1e-12))
+    return {"loss_compiled": c, "loss_eager": e, "losses_agree": ok}
+
+
+def machine():
+    import llvmlite.binding as llvm
+    return {"cpu": llvm.get_host_cpu_name(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__}
+
+
+def run(names=None, steps=200, as_json=False):
+    specs = workloads()
+    names = names or list(specs)
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise SystemExit(f"unknown workload(s) {unknown}; choose from {list(specs)}")
+    results = [measure(n, specs[n], steps) for n in names]
+    if as_json:
+        print(json.dumps({"machine": machine(), "results": results}, indent=2))
+        return results
+    m = machine()
+    print(f"machine: {m['cpu']}, {m['cores']} cores, python {m['python']}, numpy {m['numpy']}")
+    print(f"{'workload':10s} {'compiled us':>12s} {'eager us':>10s} {'ratio':>6s} "
+          f"{'compile s':>9s}  losses agree")
+    for r in results:
+        print(f"{r['workload']:10s} {r['compiled_median_us']:12.1f} {r['eager_median_us']:10.1f} "
+              f"{r['speedup']:6.1f} {r['compile_s']:9.2f}  {r['losses_agree']}")
+    return results
