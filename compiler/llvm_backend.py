@@ -2,6 +2,7 @@
 
 llvmlite >= 0.45 has no `llvm.initialize()` (it raises) and only the new pass manager."""
 import functools
+import threading
 import time
 
 import llvmlite
@@ -72,8 +73,16 @@ def emit_assembly(mod):
     return target_machine().emit_assembly(mod)
 
 
-@functools.lru_cache(maxsize=None)
+_libraries = {}
+_library_lock = threading.Lock()
+
+
 def library_object(name, ir_text):
-    """Object code of a library module (the GEMMs), compiled once per process."""
-    mod, _, _ = optimize(ir_text, unroll=True)
-    return emit_object(mod)
+    """Object code of a library module (the GEMMs), compiled once per process; a second
+    caller (the preloading thread and a first compile) waits instead of compiling twice."""
+    with _library_lock:
+        obj = _libraries.get(name)
+        if obj is None:
+            mod, _, _ = optimize(ir_text, unroll=True)
+            obj = _libraries[name] = emit_object(mod)
+        return obj

@@ -83,12 +83,22 @@ def compile_graph(graph, grad_graph, seconds, key=None):
     return Artifact(graph, grad_graph, optimized, plan, symbol, ir_text, opt_text, objects, stats)
 
 
+_TYPES = ((np.dtype(np.float32), ir.FloatType()), (np.dtype(np.float64), ir.DoubleType()))
+
+
+def gemm_object(dtype, widths=None):
+    """Object code of the GEMM library for `dtype` on this CPU (once per process)."""
+    widths = widths or llvm_backend.vector_widths()
+    ty = dict(_TYPES)[np.dtype(dtype)]
+    name = gemm_name(ty, widths[np.dtype(dtype)])
+    return llvm_backend.library_object(name, str(gemm_library(ty, widths[np.dtype(dtype)])))
+
+
 def _libraries(ir_text, widths):
-    """Object code of the library functions the step calls (compiled once per process)."""
+    """Object code of the library functions the step calls."""
     out = []
-    for dtype, ty in ((np.dtype(np.float32), ir.FloatType()), (np.dtype(np.float64),
-                                                                ir.DoubleType())):
+    for dtype, ty in _TYPES:
         name = gemm_name(ty, widths[dtype])
         if f'@"{name}"' in ir_text or f"@{name}(" in ir_text:
-            out.append(llvm_backend.library_object(name, str(gemm_library(ty, widths[dtype]))))
+            out.append(gemm_object(dtype, widths))
     return out
