@@ -96,6 +96,7 @@ class Tracer:
     def mean(self, axis=None, keepdims=False): return ops.mean(self, axis, keepdims)
     def max(self, axis=None, keepdims=False): return ops.max(self, axis, keepdims)
     def astype(self, dtype): return ops.cast(self, dtype)
+    def copy(self): return self  # traced values are immutable; a copy is the same value
 
     # numpy protocols
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):

@@ -64,7 +64,6 @@ class _Entry:
             if not self.scalar_plan or self.scalar_plan[-1][0] is not ps[index]:
                 self.scalar_plan.append((ps[index], []))
             self.scalar_plan[-1][1].append(key)
-        self.updated = [p for p, _ in self.scalar_plan]
         for p in ps:
             for slot in ps.slots[id(p)]:
                 self.slot_checks.append((slot, p))
@@ -88,7 +87,8 @@ class CompiledStep:
     def __init__(self, loss, ps, opt=None):
         self.loss, self.ps, self.opt = loss, as_params(ps), opt
         self.dtype = check_params(self.ps)
-        self._entries = {}
+        self._entries = {}      # signature after casts -> _Entry
+        self._seen = {}         # raw argument key -> (_Entry, whether arguments need casting)
         self._last = None
         self._warned = set()
 
@@ -109,22 +109,29 @@ class CompiledStep:
         art, fresh = artifact_for(traced)
         entry = _Entry(self, traced, art)
         self._entries[sig] = entry
+        self._seen.clear()
         self._last = sig
         log.info("%s step in %.3f s: %s", "compiled" if fresh else "traced (artifact reused)",
                  time.perf_counter() - t, reason)
         return entry
 
     def __call__(self, *batch):
-        batch = check_batch(batch, self.dtype, self._warned)
-        sig = signature(batch)
-        entry = self._entries.get(sig)
-        if entry is None:
-            entry = self._entry(batch, sig)
-        else:
-            changed = entry.slots_changed()
-            if changed is not None:
-                entry = self._entry(batch, sig, reason=f"parameter slot {changed[1]!r} now "
-                                                       "holds a different array")
+        key = tuple((a.shape, a.dtype.char, a.flags.c_contiguous) if type(a) is np.ndarray
+                    else ("value", repr(a)) for a in batch)
+        hit = self._seen.get(key)
+        if hit is None or hit[1]:
+            prepared = check_batch(batch, self.dtype, self._warned)
+            if hit is None:
+                sig = signature(prepared)
+                entry = self._entries.get(sig) or self._entry(prepared, sig)
+                hit = self._seen[key] = (entry, any(a is not b for a, b in zip(prepared, batch)))
+            batch = prepared
+        entry = hit[0]
+        changed = entry.slots_changed()
+        if changed is not None:
+            sig = signature(batch)
+            entry = self._entry(batch, sig, reason=f"parameter slot {changed[1]!r} now holds "
+                                                   "a different array")
         return self._run(entry, batch)
 
     def _run(self, entry, batch):
@@ -134,13 +141,14 @@ class CompiledStep:
             ptrs[slot] = batch[i].__array_interface__["data"][0]
         opt = self.opt
         if opt is not None:
+            states = opt._state
+            records = [states[id(p)] for p, _ in entry.scalar_plan]
             cache, values = {}, []
-            for p, names in entry.scalar_plan:
-                host = opt.host(p)
-                vals = cache.get(host)
+            for rec, (_, names) in zip(records, entry.scalar_plan):
+                vals = cache.get(rec.host)
                 if vals is None:
-                    d = opt.scalars(host)
-                    vals = cache[host] = [d[n] for n in names]
+                    d = opt.scalars(rec.host)
+                    vals = cache[rec.host] = [d[n] for n in names]
                 values.extend(vals)
             native.scalars[:len(values)] = values
         status = native()
@@ -150,12 +158,11 @@ class CompiledStep:
         if opt is None:
             return loss, self._grads(entry)
         advanced = {}
-        for p in entry.updated:
-            host = opt.host(p)
-            new = advanced.get(host)
+        for rec in records:
+            new = advanced.get(rec.host)
             if new is None:
-                new = advanced[host] = opt.advance(host)
-            opt.set_host(p, new)
+                new = advanced[rec.host] = opt.advance(rec.host)
+            rec.host = new
         return loss
 
     def _grads(self, entry):

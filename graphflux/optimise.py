@@ -10,11 +10,19 @@ import numpy as np
 from graphflux.compiler import ops
 
 
+class ParamState:
+    """An optimiser's state for one parameter: per-element arrays and the host scalars."""
+    __slots__ = ("x", "arrays", "host")
+
+    def __init__(self, x, arrays, host):
+        self.x, self.arrays, self.host = x, arrays, host
+
+
 class Optimiser:
     state_names = ()
 
     def __init__(self):
-        self._state = {}    # id(x) -> (x, {name: array}, host tuple)
+        self._state = {}    # id(x) -> ParamState
 
     def host_init(self):
         return ()
@@ -35,18 +43,11 @@ class Optimiser:
 
     # -- per-parameter state, created lazily by identity ---------------------------------
     def slot(self, x):
+        """The ParamState of array `x`, created on first use."""
         entry = self._state.get(id(x))
-        if entry is None or entry[0] is not x:
-            entry = (x, self.state_init(x), self.host_init())
-            self._state[id(x)] = entry
+        if entry is None or entry.x is not x:
+            entry = self._state[id(x)] = ParamState(x, self.state_init(x), self.host_init())
         return entry
-
-    def host(self, x):
-        return self.slot(x)[2]
-
-    def set_host(self, x, host):
-        x_, st, _ = self.slot(x)
-        self._state[id(x)] = (x_, st, host)
 
     def __repr__(self):
         hp = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
@@ -113,11 +114,11 @@ class Adam(Optimiser):
 def apply_eager(opt, x, g):
     """One in-place update of array `x` with gradient `g` in numpy: the rule run on arrays,
     scalars as numpy scalars of x's dtype so the arithmetic matches the compiled step."""
-    _, state, host = opt.slot(x)
+    st = opt.slot(x)
     cast = x.dtype.type
-    s = {k: cast(v) for k, v in opt.scalars(host).items()}
-    delta, new = opt.rule(x, np.asarray(g, dtype=x.dtype), state, s)
+    s = {k: cast(v) for k, v in opt.scalars(st.host).items()}
+    delta, new = opt.rule(x, np.asarray(g, dtype=x.dtype), st.arrays, s)
     x -= delta
     for k, v in new.items():
-        state[k][...] = v
-    opt.set_host(x, opt.advance(host))
+        st.arrays[k][...] = v
+    st.host = opt.advance(st.host)

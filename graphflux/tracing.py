@@ -123,7 +123,8 @@ def trace_step(loss, ps, batch, opt=None, warn=True):
 
 
 def _trace_update(ctx, opt, p, index, pnode, gnode, name, bindings):
-    _, state, host = opt.slot(p)
+    record = opt.slot(p)
+    state, host = record.arrays, record.host
     st = {}
     for k, arr in state.items():
         t = ctx.new_input(arr.shape, arr.dtype, f"{name}.{k}", "state")

@@ -272,14 +272,15 @@ def test_batch_with_different_x_and_y_lengths_refused(caplog):
 
 
 def opt_state_snapshot(opt):
-    return {k: (entry[0], {n: a.copy() for n, a in entry[1].items()}, entry[2])
+    return {k: (entry.x, {n: a.copy() for n, a in entry.arrays.items()}, entry.host)
             for k, entry in opt._state.items()}
 
 
 def assert_opt_state_equal(opt, saved):
     assert set(opt._state) == set(saved)
     for k, (x, arrays, host) in saved.items():
-        x2, arrays2, host2 = opt._state[k]
+        entry = opt._state[k]
+        x2, arrays2, host2 = entry.x, entry.arrays, entry.host
         assert x2 is x
         assert set(arrays2) == set(arrays)
         for n in arrays:
