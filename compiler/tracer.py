@@ -176,7 +176,9 @@ class TraceContext(Context):
             base = base.base
         if key not in self.captured:
             t = self.new_input(x.shape, x.dtype, f"captured{len(self.captured)}", "captured")
-            self.captured[key] = (x, t.node)
+            # native code reads inputs densely: a strided view is bound as a copy made now
+            bound = x if x.flags.c_contiguous else np.ascontiguousarray(x)
+            self.captured[key] = (bound, t.node)
         return self.wrap(self.captured[key][1])
 
     def accepts(self, tracer):

@@ -66,7 +66,7 @@ class _Entry:
             self.scalar_plan[-1][1].append(key)
         for p in ps:
             for slot in ps.slots[id(p)]:
-                self.slot_checks.append((slot, p))
+                self.slot_checks.append((slot, get_slot(slot)))
         self.outputs = {}
         for name, slot, shape, dtype in ex.outputs:
             arr = np.empty(shape, dtype)

@@ -39,13 +39,17 @@ def check_params(ps):
 
 @contextlib.contextmanager
 def installed(ps, values):
-    """Put `values[i]` into every slot params recorded for `ps[i]`, restoring on exit."""
+    """Put `values[i]` into every slot params recorded for `ps[i]` that still holds it,
+    restoring on exit. (A slot that now holds another array keeps it: the model no longer
+    uses the parameter there.)"""
     saved = []
     try:
         for p, v in zip(ps, values):
             for slot in ps.slots[id(p)]:
-                saved.append((slot, get_slot(slot)))
-                set_slot(slot, v)
+                current = get_slot(slot)
+                if current is p:
+                    saved.append((slot, current))
+                    set_slot(slot, v)
         yield
     finally:
         for slot, old in reversed(saved):

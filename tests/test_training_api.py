@@ -394,3 +394,16 @@ def test_first_step_loss_matches_numpy_logitcrossentropy():
     expected = np.mean(-np.sum(y * logp, axis=-1))
     np.testing.assert_allclose(lc[0], expected, rtol=1e-12)
 
+
+
+def test_captured_arrays_are_read_every_call_and_strided_ones_work():
+    w = np.ones((3, 2), dtype=np.float32)
+    scale = np.array([1.0, 2.0], dtype=np.float32)
+    strided = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
+    step = gf.compile(lambda x: gf.sum(x @ w * scale + strided), gf.params(w))
+    x = np.ones((3, 3), dtype=np.float32)
+    loss, _ = step(x)
+    assert loss == pytest.approx(float(np.sum(x @ w * scale + strided)))
+    scale[:] = 10.0
+    loss, _ = step(x)
+    assert loss == pytest.approx(float(np.sum(x @ w * scale + strided)))
