@@ -38,13 +38,17 @@ def main(steps=300):
         compiled = gf.compile(loss, ps, opt)
         _, ps_e, loss_e, opt_e, _, _ = build(spec)
         eager = gf.compile(loss_e, ps_e, opt_e, mode="eager")
-        for f in (lambda: hand.step(x, y), lambda: compiled(x, y), lambda: eager(x, y)):
+        runners = {"numpy_us": lambda: hand.step(x, y), "eager_us": lambda: eager(x, y),
+                   "compiled_us": lambda: compiled(x, y)}
+        for f in runners.values():
             f()
-        n_slow = steps // 3 if name == "mlp-wide" else steps
-        row = {"workload": name,
-               "numpy_us": float(np.median(_times(lambda: hand.step(x, y), n_slow))),
-               "eager_us": float(np.median(_times(lambda: eager(x, y), n_slow))),
-               "compiled_us": float(np.median(_times(lambda: compiled(x, y), steps))),
+        # interleaved rounds, so drift on a shared VM hits all three alike
+        n = max(steps // (30 if name == "mlp-wide" else 10), 2)
+        samples = {k: [] for k in runners}
+        for _ in range(10):
+            for k, f in runners.items():
+                samples[k].extend(_times(f, n))
+        row = {"workload": name, **{k: float(np.median(v)) for k, v in samples.items()},
                "cold_compile_s": cold_compile(name)}
         row["eager/numpy"] = row["eager_us"] / row["numpy_us"]
         row["eager/compiled"] = row["eager_us"] / row["compiled_us"]

@@ -13,6 +13,7 @@ from .errors import ShapeError, TraceError
 from .tracer import Tracer, _stack as _contexts
 
 NUMPY_IMPLS = {}
+NUMPY_ELEMENTWISE = {}   # fn name -> numpy function, filled by the runtime (eager fast path)
 
 
 def _shape_error(op, detail, shapes, source):
@@ -145,13 +146,15 @@ def elementwise(fn, *args):
             if isinstance(x, Tracer):
                 break
         else:
-            return NUMPY_IMPLS["elementwise"](*args, fn=fn)
+            f = NUMPY_ELEMENTWISE.get(fn)
+            return f(*args) if f is not None else NUMPY_IMPLS["elementwise"](*args, fn=fn)
     dt, mixed = None, False
     for x in args:
-        if isinstance(x, (Tracer, np.ndarray)):
+        d = getattr(x, "dtype", None) if not isinstance(x, (float, int)) else None
+        if d is not None and isinstance(x, (Tracer, np.ndarray)):
             if dt is None:
-                dt = x.dtype
-            elif x.dtype != dt:
+                dt = d
+            elif d is not dt and d != dt:
                 mixed = True
     if mixed or (dt is not None and dt.kind != "f"):
         dt = np.result_type(*[x.dtype for x in args if _is_tensor(x)])
@@ -250,7 +253,10 @@ def matmul(a, b, ta=False, tb=False):
 
 
 def reshape(x, shape):
-    shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    if type(shape) is not tuple or not all(type(s) is int for s in shape):
+        shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    if shape == x.shape:
+        return x
     if -1 in shape:
         known = int(np.prod([s for s in shape if s != -1]))
         total = int(np.prod(x.shape))
@@ -281,12 +287,15 @@ def stop_gradient(x):
 
 def sum_to_shape(g, shape):
     """Undo numpy broadcasting: sum `g` down to `shape` (the VJP of implicit broadcasting)."""
-    shape = tuple(shape)
-    if tuple(g.shape) == shape:
+    gshape = tuple(g.shape)
+    if gshape == shape:
         return g
-    lead = len(g.shape) - len(shape)
+    shape = tuple(shape)
+    lead = len(gshape) - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
-                                      if s == 1 and g.shape[lead + i] != 1)
+                                      if s == 1 and gshape[lead + i] != 1)
+    if lead == 0:
+        return bind("reduce_sum", (g,), {"axes": axes, "keepdims": True})
     return reshape(sum(g, axes), shape)
 
 

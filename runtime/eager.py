@@ -5,6 +5,7 @@ import numpy as np
 
 from graphflux.compiler.autodiff import VJP_RULES
 from graphflux.compiler.errors import ShapeError, TraceError
+from graphflux.compiler.ops import NUMPY_ELEMENTWISE
 from graphflux.compiler.source import user_source_line
 from graphflux.compiler.tracer import Context, Tracer
 
@@ -73,7 +74,8 @@ class EagerContext(Context):
                 vals.append(a)
                 parents.append(None)
         try:
-            value = IMPLS[op](*vals, **attrs)
+            fast = NUMPY_ELEMENTWISE.get(attrs["fn"]) if op == "elementwise" else None
+            value = fast(*vals) if fast is not None else IMPLS[op](*vals, **attrs)
         except ValueError as e:
             shapes = ", ".join(str(np.shape(v)) for v in vals)
             raise ShapeError(f"{e} -- in {attrs.get('fn', op)} with operand shapes {shapes}, at "
@@ -102,8 +104,13 @@ def backward(ctx, loss, wrt):
                 continue
             key = id(p)
             cot[key] = cot[key] + gi if key in cot else gi
-    out = []
+    out, seen = [], set()
     for a in wrt:
         g = cot.get(id(ctx.leaf(a)))
-        out.append(None if g is None else np.array(g, dtype=a.dtype))
+        if g is not None and (type(g) is not np.ndarray or g.dtype != a.dtype or g.base is not None
+                              or not g.flags.c_contiguous or id(g) in seen):
+            g = np.array(g, dtype=a.dtype)
+        if g is not None:
+            seen.add(id(g))
+        out.append(g)
     return out

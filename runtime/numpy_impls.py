@@ -9,6 +9,12 @@ from .sympy_numpy import to_numpy_source
 
 _compiled = {}
 
+# Built-ins whose numpy ufunc is the sympy definition (tests/test_numpy_impls.py checks each
+# against the function generated from the expression); they skip the generated wrapper.
+UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide,
+          "neg": np.negative, "exp": np.exp, "log": np.log, "tanh": np.tanh,
+          "sqrt": np.sqrt, "square": np.square}
+
 
 def elementwise_function(name):
     """A numpy function for ElementwiseFn `name`, generated once from its sympy expression.
@@ -26,10 +32,14 @@ def elementwise_function(name):
         namespace = {"np": np, "_fix": _fix}
         exec(compile(src, f"<graphflux elementwise {name}>", "exec"), namespace)
         f = _compiled[name] = namespace[name]
+        ops.NUMPY_ELEMENTWISE[name] = UFUNCS.get(name, f)
     return f
 
 
 def _fix(r, args):
+    if type(r) is np.ndarray and type(args[0]) is np.ndarray and r.dtype == args[0].dtype \
+            and all(type(a) is np.ndarray and a.shape == r.shape for a in args):
+        return r
     dtype = next((a.dtype for a in args if isinstance(a, (np.ndarray, np.generic))),
                  np.dtype(np.float64))
     shape = np.broadcast_shapes(*[np.shape(a) for a in args])
@@ -38,7 +48,19 @@ def _fix(r, args):
 
 
 def elementwise(*args, fn):
-    return elementwise_function(fn)(*args)
+    f = ops.NUMPY_ELEMENTWISE.get(fn)
+    if f is None:
+        elementwise_function(fn)
+        f = ops.NUMPY_ELEMENTWISE[fn]
+    return f(*args)
+
+
+def broadcast(x, shape):
+    """A materialised broadcast: on the small arrays eager mode sees, filling a new array is
+    several times cheaper than np.broadcast_to's read-only view (measured 0.8 vs 3.4 us)."""
+    out = np.empty(shape, dtype=np.asarray(x).dtype)
+    out[...] = x
+    return out
 
 
 def _slices(starts, stops, steps):
@@ -58,12 +80,13 @@ IMPLS = {
     "reduce_max": lambda x, axes, keepdims: np.maximum.reduce(x, axis=axes,
                                                               keepdims=keepdims),
     "matmul": lambda a, b, ta, tb: (a.T if ta else a) @ (b.T if tb else b),
-    "reshape": lambda x, shape: np.reshape(x, shape),
-    "transpose": lambda x, perm: np.transpose(x, perm),
-    "broadcast": lambda x, shape: np.broadcast_to(x, shape),
+    "reshape": lambda x, shape: x.reshape(shape),
+    "transpose": lambda x, perm: x.transpose(perm),
+    "broadcast": broadcast,
     "slice": lambda x, starts, stops, steps: x[_slices(starts, stops, steps)],
     "unslice": unslice,
     "stop_gradient": lambda x: x,
 }
 
 ops.NUMPY_IMPLS.update(IMPLS)
+ops.NUMPY_ELEMENTWISE.update(UFUNCS)
