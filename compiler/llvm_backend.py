@@ -37,6 +37,16 @@ def host_description():
             f"cpu={llvm.get_host_cpu_name()} features={host_features()}")
 
 
+def num_threads():
+    """Threads a large matrix product may use: GRAPHFLUX_NUM_THREADS, default the cores this
+    process may run on (at most 16)."""
+    import os
+    env = os.environ.get("GRAPHFLUX_NUM_THREADS")
+    n = int(env) if env else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else (os.cpu_count() or 1)
+    return max(1, min(n, 16))
+
+
 def vector_widths():
     """SIMD lanes per dtype on this CPU (AVX-512: 16 floats, AVX2: 8, else 4)."""
     import numpy as np

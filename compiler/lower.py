@@ -160,7 +160,8 @@ def lower(plan, step_name, vector_width):
             dtype = np.dtype(kern.out.dtype)
             fn = declare_gemm(module, llvm_type(dtype), vector_width[dtype])
             b.call(fn, [at(kern.a), at(kern.b), at(kern.out), base(kern.pack_a),
-                        base(kern.pack_b)] + [i64(v) for v in (kern.m, kern.n, kern.k)]
+                        base(kern.pack_b), base(kern.scratch)]
+                   + [i64(v) for v in (kern.m, kern.n, kern.k)]
                    + [i64(v) for v in kern.a.strides + kern.b.strides])
         else:
             fn, buffers = emit_loop_kernel(module, kern)

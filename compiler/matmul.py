@@ -120,19 +120,33 @@ def _blocking(M, N, K, vw, is_f32):
     return kc, nc, mc
 
 
-def pack_elements(M, N, K, vw, dtype):
-    """Elements of the packing buffers (A block, B block) the GEMM for these sizes needs."""
+def pack_elements(M, N, K, vw, dtype, threads=1):
+    """Elements of the packing buffers (A blocks, B blocks) the GEMM for these sizes needs:
+    one share per thread when the product is large enough to be split."""
     kc, nc, mc = _blocking(M, N, K, vw, dtype.itemsize == 4)
-    return mc * kc, kc * nc
+    shares = threads if 2 * M * N * K >= PARALLEL_FLOPS else 1
+    return min(shares, MAX_THREADS) * mc * kc, min(shares, MAX_THREADS) * kc * nc
 
 
 def gemm_name(ty, vw):
     return f"gf_gemm_{'f32' if isinstance(ty, ir.FloatType) else 'f64'}_x{vw}"
 
 
+MAX_THREADS = 16
+N_ARGS = 13
+SCRATCH_BYTES = MAX_THREADS * (N_ARGS + 1) * 8   # thread arguments and ids
+
+
 def _gemm_type():
+    """(A, B, C, packA, packB, scratch, M, N, K, sam, sak, sbk, sbn)"""
     ptr = ir.PointerType()
-    return ir.FunctionType(ir.VoidType(), [ptr] * 5 + [I64] * 7)
+    return ir.FunctionType(ir.VoidType(), [ptr] * 6 + [I64] * 7)
+
+
+def _serial_type():
+    """(A, B, C, packA, packB, M, N, K, sam, sak, sbk, sbn, ldc)"""
+    ptr = ir.PointerType()
+    return ir.FunctionType(ir.VoidType(), [ptr] * 5 + [I64] * 8)
 
 
 def declare_gemm(module, ty, vw):
@@ -144,13 +158,109 @@ def declare_gemm(module, ty, vw):
     return ir.Function(module, _gemm_type(), name=name)
 
 
+def threads_symbol(ty, vw):
+    """The library's i64 global holding how many threads a large product may use."""
+    return gemm_name(ty, vw) + "_threads"
+
+
 def gemm_library(ty, vw):
     """A module defining `void gemm(ptr A, ptr B, ptr C, ptr packA, ptr packB, i64 M, N, K,
     sam, sak, sbk, sbn)`: C[M,N] (row-major, contiguous) = A[M,K] @ B[K,N], with A and B read at
-    element strides (sam, sak) and (sbk, sbn). One function serves every product of a dtype."""
+    element strides (sam, sak) and (sbk, sbn). One function serves every product of a dtype.
+    A product of at least PARALLEL_FLOPS is split into row or column blocks run on
+    `<name>_threads` threads (pthreads started and joined inside the call, so the step stays
+    one native call); each thread packs into its own share of the packing buffers."""
     module = ir.Module(name=gemm_name(ty, vw))
-    _define_gemm(module, gemm_name(ty, vw), ty, vw)
+    serial = _define_gemm(module, gemm_name(ty, vw) + ".serial", ty, vw)
+    _define_parallel(module, gemm_name(ty, vw), serial, ty, vw)
     return module
+
+
+PARALLEL_FLOPS = 1 << 28   # measured: smaller products gained nothing from a second thread here
+
+
+def _define_parallel(module, name, serial, ty, vw):
+    """gemm(...) = split the larger of M and N into `threads` blocks (multiples of the
+    register tile), run block 0 here and the rest on pthreads, join."""
+    ptr = ir.PointerType()
+    nr = 2 * vw
+    threads = ir.GlobalVariable(module, I64, name=threads_symbol(ty, vw))
+    threads.initializer = i64(1)
+    create = ir.Function(module, ir.FunctionType(ir.IntType(32), [ptr, ptr, ptr, ptr]),
+                         name="pthread_create")
+    join = ir.Function(module, ir.FunctionType(ir.IntType(32), [I64, ptr]), name="pthread_join")
+    n_args = N_ARGS
+    worker = ir.Function(module, ir.FunctionType(ptr, [ptr]), name=name + ".worker")
+    worker.linkage = "internal"
+    wb = ir.IRBuilder(worker.append_basic_block("entry"))
+    pack = worker.args[0]
+    vals = []
+    for i in range(n_args):
+        slot = gep(wb, pack, i, I64)
+        vals.append(wb.load(slot, typ=ptr if i < 5 else I64))
+    wb.call(serial, vals)
+    wb.ret(ir.Constant(ptr, None))
+
+    fn = ir.Function(module, _gemm_type(), name=name)
+    A, B, C, PA, PB, scratch, M, N, K, sam, sak, sbk, sbn = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    t = b.load(threads, typ=I64)
+    flops = b.mul(b.mul(b.mul(M, N), K), i64(2))
+    parallel = b.and_(b.icmp_signed(">", t, i64(1)), b.icmp_signed(">=", flops, i64(PARALLEL_FLOPS)))
+    par_bb, ser_bb = fn.append_basic_block("parallel"), fn.append_basic_block("serial")
+    b.cbranch(parallel, par_bb, ser_bb)
+    b.position_at_end(ser_bb)
+    b.call(serial, [A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, N])
+    b.ret_void()
+
+    b.position_at_end(par_bb)
+    pa_size, pb_size = _pack_sizes_ir(b, M, N, K, vw, isinstance(ty, ir.FloatType))
+    by_cols = b.icmp_signed(">=", N, M)
+    unit = b.select(by_cols, i64(nr), i64(MR))
+    extent = b.select(by_cols, N, M)
+    units = b.sdiv(b.add(extent, b.sub(unit, i64(1))), unit)
+    per = b.mul(b.sdiv(b.add(units, b.sub(t, i64(1))), t), unit)   # block length
+    count = b.sdiv(b.add(extent, b.sub(per, i64(1))), per)          # blocks actually used
+    args = scratch                       # N_ARGS words per thread, then the thread ids
+    tids = gep(b, scratch, MAX_THREADS * n_args, I64)
+    count = smin(b, count, MAX_THREADS)
+
+    def block_args(i):
+        start = b.mul(i, per)
+        length = smin(b, per, b.sub(extent, start))
+        a_off = b.select(by_cols, i64(0), b.mul(start, sam))
+        b_off = b.select(by_cols, b.mul(start, sbn), i64(0))
+        c_off = b.select(by_cols, start, b.mul(start, N))
+        m = b.select(by_cols, M, length)
+        n = b.select(by_cols, length, N)
+        return [gep(b, A, a_off, ty), gep(b, B, b_off, ty), gep(b, C, c_off, ty),
+                gep(b, PA, b.mul(i, pa_size), ty), gep(b, PB, b.mul(i, pb_size), ty),
+                m, n, K, sam, sak, sbk, sbn, N]
+
+    def spawn(i):
+        vals = block_args(i)
+        base = b.mul(i, i64(n_args))
+        for k, v in enumerate(vals):
+            b.store(v, gep(b, args, b.add(base, i64(k)), I64))
+        b.call(create, [gep(b, tids, i, I64), ir.Constant(ptr, None), worker,
+                        gep(b, args, base, I64)])
+    for_range(b, 1, count, spawn, name="spawn")
+    b.call(serial, block_args(i64(0)))
+
+    def wait(i):
+        b.call(join, [b.load(gep(b, tids, i, I64), typ=I64), ir.Constant(ptr, None)])
+    for_range(b, 1, count, wait, name="join")
+    b.ret_void()
+    return fn
+
+
+def _pack_sizes_ir(b, M, N, K, vw, is_f32):
+    """The per-thread packing sizes (elements), as pack_elements computes them."""
+    nr = 2 * vw
+    kc = smin(b, K, KC)
+    nc = smin(b, b.mul(b.sdiv(b.add(N, i64(nr - 1)), i64(nr)), i64(nr)), NC[is_f32])
+    mc = smin(b, b.mul(b.sdiv(b.add(M, i64(MR - 1)), i64(MR)), i64(MR)), MC)
+    return b.mul(mc, kc), b.mul(kc, nc)
 
 
 def _define_gemm(module, name, ty, vw):
@@ -158,8 +268,9 @@ def _define_gemm(module, name, ty, vw):
     is_f32 = isinstance(ty, ir.FloatType)
     nc_cap, mc_cap = NC[is_f32], MC
     uk = _micro_kernel(module, name + ".uk", ty, vw)
-    fn = ir.Function(module, _gemm_type(), name=name)
-    A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn = fn.args
+    fn = ir.Function(module, _serial_type(), name=name)
+    fn.linkage = "internal"
+    A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc = fn.args
     for a in fn.args[:5]:
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -218,9 +329,9 @@ def _define_gemm(module, name, ty, vw):
                         b_panel = gep(b, PB, b.mul(b.mul(q, kc), i64(nr)), ty)
                         row0 = b.add(ic, b.mul(p, i64(MR)))
                         col0 = b.add(jc, b.mul(q, i64(nr)))
-                        c_tile = gep(b, C, b.add(b.mul(row0, N), col0), ty)
+                        c_tile = gep(b, C, b.add(b.mul(row0, ldc), col0), ty)
                         first = b.icmp_signed("!=", pc, i64(0))
-                        b.call(uk, [a_panel, b_panel, c_tile, N, kc, first, rows, cols])
+                        b.call(uk, [a_panel, b_panel, c_tile, ldc, kc, first, rows, cols])
                     for_range(b, 0, mpanels, ir_body, name="ir")
                 for_range(b, 0, npanels, jr_body, name="jr")
             for_range(b, 0, M, ic_body, step=mc_max, name="ic")

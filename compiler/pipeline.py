@@ -8,7 +8,7 @@ from llvmlite import ir
 
 from . import llvm_backend
 from .lower import lower
-from .matmul import gemm_library, gemm_name
+from .matmul import gemm_library, gemm_name, threads_symbol
 from .passes import optimize
 from .plan import Planner
 
@@ -17,7 +17,8 @@ VERSION = "0.1.0"
 
 def graph_key(graph, extra=""):
     """sha256 of the graph's canonical listing plus everything the object code depends on."""
-    text = "\n".join([str(graph), llvm_backend.host_description(), VERSION, extra])
+    text = "\n".join([str(graph), llvm_backend.host_description(), VERSION,
+                      f"threads={llvm_backend.num_threads()}", extra])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -35,6 +36,8 @@ class Artifact:
         self.llvm_ir = llvm_ir
         self.llvm_ir_optimized = llvm_ir_optimized
         self.objects = objects      # the step's object code, then the libraries it links
+        self.thread_settings = {threads_symbol(ty, w): stats["threads"]
+                                for ty, w in _library_types()}
         self.stats = stats
         self._asm = None
 
@@ -57,7 +60,7 @@ def compile_graph(graph, grad_graph, seconds, key=None):
     seconds["passes"] = time.perf_counter() - t
     t = time.perf_counter()
     widths = llvm_backend.vector_widths()
-    plan = Planner(optimized, widths).run()
+    plan = Planner(optimized, widths, llvm_backend.num_threads()).run()
     module = lower(plan, symbol, widths)
     ir_text = str(module)
     seconds["codegen"] = time.perf_counter() - t
@@ -69,6 +72,7 @@ def compile_graph(graph, grad_graph, seconds, key=None):
     objects = [llvm_backend.emit_object(llmod)] + _libraries(ir_text, widths)
     seconds["machine_code"] = time.perf_counter() - t
     stats = {
+        "threads": llvm_backend.num_threads(),
         "nodes": {"graph": len(graph), "grad_graph": len(grad_graph),
                   "optimized_graph": len(optimized)},
         "pass_nodes": [(name, n) for name, n, _ in pass_stats],
@@ -92,6 +96,11 @@ def gemm_object(dtype, widths=None):
     ty = dict(_TYPES)[np.dtype(dtype)]
     name = gemm_name(ty, widths[np.dtype(dtype)])
     return llvm_backend.library_object(name, str(gemm_library(ty, widths[np.dtype(dtype)])))
+
+
+def _library_types():
+    widths = llvm_backend.vector_widths()
+    return [(ty, widths[dtype]) for dtype, ty in _TYPES]
 
 
 def _libraries(ir_text, widths):

@@ -15,7 +15,7 @@ from . import elementwise as ew
 from .errors import CompileError
 from .fusion import FUSIBLE, REDUCTIONS
 from .graph import toposort
-from .matmul import pack_elements
+from .matmul import SCRATCH_BYTES, pack_elements
 
 ALIGN = 64
 VIEW_OPS = ("reshape", "transpose", "broadcast", "slice", "stop_gradient")
@@ -86,6 +86,7 @@ class GemmKernel:
     k: int
     pack_a: Buffer = None
     pack_b: Buffer = None
+    scratch: Buffer = None
     nodes: list = field(default_factory=list)
 
 
@@ -111,7 +112,7 @@ def _broadcast_strides(layout, shape):
 
 
 class Planner:
-    def __init__(self, graph, vector_width):
+    def __init__(self, graph, vector_width, threads=1):
         self.graph = graph
         self.layouts = {}
         self.kernels = []
@@ -124,6 +125,7 @@ class Planner:
         self.arena_buffers = []
         self.output_buffers = {}
         self.vector_width = vector_width     # dtype -> SIMD lanes, sizes the GEMM packing
+        self.threads = threads               # GEMM threads: one packing share each
 
     # -- buffers and layouts ---------------------------------------------------------------
     def _ext(self, kind, key, shape, dtype, name):
@@ -358,11 +360,13 @@ class Planner:
         out = self._materialised(node, self._new_buffer(node))
         la2 = Layout(la.buffer, la.offset, tuple(sa), (m, k), la.dtype)
         lb2 = Layout(lb.buffer, lb.offset, tuple(sb), (k, n), lb.dtype)
-        pa, pb = pack_elements(m, n, k, self.vector_width[node.dtype], node.dtype)
+        pa, pb = pack_elements(m, n, k, self.vector_width[node.dtype], node.dtype,
+                               self.threads)
         isz = node.dtype.itemsize
         kern = GemmKernel(f"gemm{len(self.kernels)}", la2, lb2, out, m, n, k,
                           Buffer("arena", pa * isz, name="packA"),
-                          Buffer("arena", pb * isz, name="packB"), nodes=[node])
+                          Buffer("arena", pb * isz, name="packB"),
+                          Buffer("arena", SCRATCH_BYTES, name="threads"), nodes=[node])
         self.flops += 2 * m * n * k
         self.kernels.append(kern)
 
@@ -412,10 +416,11 @@ class Planner:
                 buf.offset, size = alloc(buf.nbytes)
                 live.append((buf, size))
             if isinstance(kern, GemmKernel):
-                kern.pack_a.offset, sa = alloc(kern.pack_a.nbytes)
-                kern.pack_b.offset, sb = alloc(kern.pack_b.nbytes)
-                free.append((kern.pack_a.offset, sa))
-                free.append((kern.pack_b.offset, sb))
+                released = []
+                for buf in (kern.pack_a, kern.pack_b, kern.scratch):
+                    buf.offset, size = alloc(buf.nbytes)
+                    released.append((buf.offset, size))
+                free.extend(released)
             still = []
             for buf, size in live:
                 if last_use[id(buf)] <= k:

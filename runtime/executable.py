@@ -10,7 +10,8 @@ class Executable:
         plan = artifact.plan
         self.artifact = artifact
         self.native = NativeStep(artifact.objects, artifact.symbol, len(plan.ext_slots),
-                                 plan.arena_bytes, len(plan.scalar_names))
+                                 plan.arena_bytes, len(plan.scalar_names),
+                                 artifact.thread_settings)
         self.input_slot = {}
         self.outputs = []
         self._keep = []

@@ -13,7 +13,7 @@ _STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
 
 
 class NativeStep:
-    def __init__(self, objects, symbol, n_slots, arena_bytes, n_scalars):
+    def __init__(self, objects, symbol, n_slots, arena_bytes, n_scalars, thread_settings=None):
         tm = new_target_machine()
         empty = llvm.parse_assembly("")
         empty.name = symbol + ".loader"
@@ -21,6 +21,10 @@ class NativeStep:
         for obj in objects:
             self.engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         self.engine.finalize_object()
+        for name, threads in (thread_settings or {}).items():
+            slot = self.engine.get_global_value_address(name)
+            if slot:
+                ctypes.c_int64.from_address(slot).value = threads
         address = self.engine.get_function_address(symbol)
         if not address:
             raise RuntimeError(f"symbol {symbol} missing from the object code")

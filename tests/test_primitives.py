@@ -114,3 +114,20 @@ def test_every_primitive_has_every_rule():
 def test_every_builtin_elementwise_fn_lowers_and_is_checked():
     checked = set(UNARY) | set(BINARY) | {"where"}
     assert set(ew.names()) - {n for n in ew.names() if n.startswith("d")} <= checked
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_large_products_split_across_threads_give_the_same_numbers(monkeypatch, threads):
+    from graphflux.compiler.matmul import PARALLEL_FLOPS
+    monkeypatch.setenv("GRAPHFLUX_NUM_THREADS", threads)
+    rng = np.random.default_rng(4)
+    m, k, n = 700, 512, 520               # odd sizes: edge tiles in every block
+    assert 2 * m * n * k >= PARALLEL_FLOPS
+    inputs = {"a": rng.standard_normal((m, k)).astype(np.float32),
+              "b": rng.standard_normal((n, k)).astype(np.float32)}
+    graph, nodes, captured = trace_outputs(
+        lambda a, b: {"c": ops.matmul(a, b, tb=True), "d": ops.matmul(b, a, tb=True)}, inputs)
+    native, reference, art = run_both(graph, nodes, inputs, captured)
+    assert art.stats["threads"] == int(threads)
+    for name in ("c", "d"):
+        np.testing.assert_allclose(native[name], reference[name], rtol=1e-4, atol=1e-3)
