@@ -1,6 +1,7 @@
 """Side-by-side timing of the standard workloads, in one process on one machine:
 hand-written numpy, graphflux eager, graphflux compiled (median us per step), and the cold
-compile time of each compiled step in a fresh process. Usage: python benchmarks/run.py"""
+compile time of each compiled step in a fresh process.
+Usage: python benchmarks/run.py [steps] [workload ...]"""
 import json
 import os
 import subprocess
@@ -30,9 +31,11 @@ def cold_compile(name):
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def main(steps=300):
+def main(steps=300, names=None):
     rows = []
     for name, spec in workloads().items():
+        if names and name not in names:
+            continue
         model, ps, loss, opt, x, y = build(spec)
         hand = hand_numpy.for_workload(name, model)
         compiled = gf.compile(loss, ps, opt)
@@ -58,4 +61,4 @@ def main(steps=300):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 300)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 300, sys.argv[2:])

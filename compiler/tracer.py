@@ -175,11 +175,25 @@ class TraceContext(Context):
                     f"{user_source_line()}")
             base = base.base
         if key not in self.captured:
+            self._refuse_copies_of_parameters(x)
             t = self.new_input(x.shape, x.dtype, f"captured{len(self.captured)}", "captured")
             # native code reads inputs densely: a strided view is bound as a copy made now
             bound = x if x.flags.c_contiguous else np.ascontiguousarray(x)
             self.captured[key] = (bound, t.node)
         return self.wrap(self.captured[key][1])
+
+    def _refuse_copies_of_parameters(self, x):
+        """An array equal to a parameter (with at least two distinct values, so a zero bias
+        and a zero mask are not confused) is a numpy copy of it -- W.copy(), np.array(W),
+        W.astype(...) -- which would silently freeze the parameter into a constant."""
+        for arr, node in self.params.values():
+            if arr.shape == x.shape and arr.size > 1 and np.array_equal(arr, x) \
+                    and not np.all(arr == arr.flat[0]):
+                raise TraceError(
+                    f"an array equal to parameter {node.attrs['name']} reached the loss: it looks "
+                    "like a numpy copy of it (W.copy(), np.array(W), W.astype(...)), which "
+                    "graphflux cannot differentiate. Use the parameter itself (cast with "
+                    f"gf ops if needed), at {user_source_line()}")
 
     def accepts(self, tracer):
         return False

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 
+from graphflux.compiler.ops import matmul
 from graphflux.compiler.tracer import Tracer
 
 from .activations import identity
@@ -63,7 +64,7 @@ class Dense:
 
     def __call__(self, x):
         x = self._match_dtype(x)
-        y = x @ self.weight.T
+        y = matmul(x, self.weight, tb=True)   # x @ weight.T, without materialising weight.T
         if self.bias is not None:
             y = y + self.bias
         return self.σ(y)

@@ -407,3 +407,18 @@ def test_captured_arrays_are_read_every_call_and_strided_ones_work():
     scale[:] = 10.0
     loss, _ = step(x)
     assert loss == pytest.approx(float(np.sum(x @ w * scale + strided)))
+
+
+@pytest.mark.parametrize("copy", [lambda w: w.copy(), lambda w: np.array(w),
+                                  lambda w: w.astype(np.float64)])
+def test_a_numpy_copy_of_a_parameter_is_refused(copy):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 2)).astype(np.float32)
+    holder = {"w": w}
+    ps = gf.params(holder)
+    frozen = copy(w)          # made outside the slot gf.params tracks
+    x = np.ones((4, 3), np.float32)
+    saved = w.copy()
+    with pytest.raises(gf.GraphfluxError, match="copy"):
+        gf.gradient(lambda: gf.sum(gf.matmul(x, frozen)), ps)
+    np.testing.assert_array_equal(w, saved)
