@@ -2,6 +2,7 @@
 
 llvmlite >= 0.45 has no `llvm.initialize()` (it raises) and only the new pass manager."""
 import functools
+import hashlib
 import threading
 import time
 
@@ -85,14 +86,25 @@ def emit_assembly(mod):
 
 _libraries = {}
 _library_lock = threading.Lock()
+LIBRARY_STORE = []   # the runtime installs its disk store here: .get(key), .put(key, bytes)
 
 
 def library_object(name, ir_text):
-    """Object code of a library module (the GEMMs), compiled once per process; a second
-    caller (the preloading thread and a first compile) waits instead of compiling twice."""
+    """Object code of a library module (the GEMMs): from this process, from the runtime's
+    store, or compiled now; a second caller waits instead of compiling twice."""
     with _library_lock:
         obj = _libraries.get(name)
         if obj is None:
-            mod, _, _ = optimize(ir_text, unroll=True)
-            obj = _libraries[name] = emit_object(mod)
+            key = hashlib.sha256((ir_text + host_description()).encode()).hexdigest()
+            obj = LIBRARY_STORE[0].get(key) if LIBRARY_STORE else None
+            if obj is None:
+                mod, _, _ = optimize(ir_text, unroll=True)
+                obj = emit_object(mod)
+                if LIBRARY_STORE:
+                    LIBRARY_STORE[0].put(key, obj)
+            _libraries[name] = obj
         return obj
+
+
+def library_ready(name):
+    return name in _libraries

@@ -2,6 +2,7 @@
 buffer plan the runtime binds, and the text of every stage for inspection."""
 import hashlib
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
@@ -16,30 +17,59 @@ VERSION = "0.1.0"
 
 
 def graph_key(graph, extra=""):
-    """sha256 of the graph's canonical listing plus everything the object code depends on."""
-    text = "\n".join([str(graph), llvm_backend.host_description(), VERSION,
-                      f"threads={llvm_backend.num_threads()}", extra])
-    return hashlib.sha256(text.encode()).hexdigest()
+    """sha256 of the graph's canonical listing (constant arrays by value) plus everything the
+    object code depends on: versions, CPU and its features, thread count, `extra`."""
+    h = hashlib.sha256()
+    for part in (str(graph), llvm_backend.host_description(), VERSION,
+                 f"threads={llvm_backend.num_threads()}", extra):
+        h.update(part.encode() + b"\0")
+    for n in graph.nodes:
+        if n.op == "const" and n.size > 1:
+            h.update(n.value.tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Binary:
+    """What the runtime needs to load and bind a step, and nothing else; it is what the disk
+    cache stores. `slots[i]` says what pointer-table slot i+1 holds: ("input", ref),
+    ("const", index into `constants`) or ("output", name); `scalar_refs` the host scalars in
+    order; `outputs` (name, shape, dtype str)."""
+    symbol: str
+    objects: list
+    slots: list
+    scalar_refs: list
+    outputs: list
+    constants: list
+    arena_bytes: int
+    thread_settings: dict
 
 
 class Artifact:
     """Everything one compiled step is made of. `graph`, `grad_graph` and `optimized_graph` are
-    the stages as Graphs; `llvm_ir`, `llvm_ir_optimized` and `asm` are text; `stats` a dict."""
+    the stages as Graphs (the last two recomputed on first access when the artifact came from
+    the disk cache); `llvm_ir`, `llvm_ir_optimized` and `asm` are text; `stats` a dict."""
 
-    def __init__(self, graph, grad_graph, optimized_graph, plan, symbol, llvm_ir,
-                 llvm_ir_optimized, objects, stats):
+    def __init__(self, binary, graph, llvm_ir, llvm_ir_optimized, stats, stages=None,
+                 asm=None):
+        self.binary = binary
+        self.symbol = binary.symbol
         self.graph = graph
-        self.grad_graph = grad_graph
-        self.optimized_graph = optimized_graph
-        self.plan = plan
-        self.symbol = symbol
         self.llvm_ir = llvm_ir
         self.llvm_ir_optimized = llvm_ir_optimized
-        self.objects = objects      # the step's object code, then the libraries it links
-        self.thread_settings = {threads_symbol(ty, w): stats["threads"]
-                                for ty, w in _library_types()}
         self.stats = stats
-        self._asm = None
+        self._stages = stages        # (grad_graph, optimized_graph) or a function giving them
+        self._asm = asm
+        self.on_asm = None           # called with the assembly text once computed (disk cache)
+
+    def _stage(self, i):
+        if callable(self._stages):
+            grad_graph = self._stages()
+            self._stages = (grad_graph, optimize(grad_graph)[0])
+        return self._stages[i]
+
+    grad_graph = property(lambda self: self._stage(0))
+    optimized_graph = property(lambda self: self._stage(1))
 
     @property
     def asm(self):
@@ -47,6 +77,8 @@ class Artifact:
             import llvmlite.binding as llvm
             mod = llvm.parse_assembly(self.llvm_ir_optimized)
             self._asm = llvm_backend.emit_assembly(mod)
+            if self.on_asm is not None:
+                self.on_asm(self._asm)
         return self._asm
 
 
@@ -84,10 +116,30 @@ def compile_graph(graph, grad_graph, seconds, key=None):
         "cache_hit": False,
         "key": key,
     }
-    return Artifact(graph, grad_graph, optimized, plan, symbol, ir_text, opt_text, objects, stats)
+    out_nodes = dict(optimized.outputs)
+    binary = Binary(symbol, objects, plan.ext_slots, plan.scalar_refs,
+                    [(name, out_nodes[name].shape, out_nodes[name].dtype.str)
+                     for kind, name in plan.ext_slots if kind == "output"],
+                    plan.constants, plan.arena_bytes,
+                    {threads_symbol(ty, w): stats["threads"] for ty, w in _library_types()})
+    art = Artifact(binary, graph, ir_text, opt_text, stats, (grad_graph, optimized))
+    art.plan = plan
+    return art
 
 
 _TYPES = ((np.dtype(np.float32), ir.FloatType()), (np.dtype(np.float64), ir.DoubleType()))
+
+
+def prepare_libraries(dtype):
+    """Start compiling (or loading) the GEMM library for `dtype` on a background thread: LLVM
+    releases the GIL, so it overlaps the Python half of a first compile (importing sympy,
+    AD, passes)."""
+    import threading
+    widths = llvm_backend.vector_widths()
+    ty = dict(_TYPES)[np.dtype(dtype)]
+    if not llvm_backend.library_ready(gemm_name(ty, widths[np.dtype(dtype)])):
+        threading.Thread(target=gemm_object, args=(dtype,), name="graphflux-gemm",
+                         daemon=True).start()
 
 
 def gemm_object(dtype, widths=None):

@@ -94,8 +94,9 @@ class GemmKernel:
 class Plan:
     kernels: list            # compute kernels in order
     update_kernels: list     # copies into parameters/state, run only when the loss is finite
-    ext_slots: list          # (kind, key) per pointer-table slot after slot 0 (the arena)
-    scalar_names: list
+    ext_slots: list          # (kind, key) per pointer-table slot after slot 0 (the arena):
+                             # ("input", ref), ("const", index), ("output", name)
+    scalar_refs: list        # the "ref" of each host scalar, in the order of the scalars vector
     constants: list          # arrays bound to ext slots of kind "const"
     arena_bytes: int
     loss_layout: Layout
@@ -118,7 +119,7 @@ class Planner:
         self.kernels = []
         self.ext_slots = []
         self.constants = []
-        self.scalar_names = []
+        self.scalar_refs = []
         self.scalars = Buffer("scalars", 0, name="scalars")
         self.output_slot = {}
         self.flops = 0
@@ -158,11 +159,11 @@ class Planner:
         g = self.graph
         for n in g.inputs:
             if n.op == "scalar":
-                self.layouts[n.id] = Layout(self.scalars, len(self.scalar_names), (), (),
+                self.layouts[n.id] = Layout(self.scalars, len(self.scalar_refs), (), (),
                                             np.dtype(np.float64))
-                self.scalar_names.append(n.attrs["name"])
+                self.scalar_refs.append(n.attrs["ref"])
             else:
-                buf = self._ext("input", n.id, n.shape, n.dtype, n.attrs.get("name", ""))
+                buf = self._ext("input", n.attrs["ref"], n.shape, n.dtype, n.attrs.get("name", ""))
                 self._materialised(n, buf)
         pending_outputs = []
         for name, node in g.outputs:
@@ -188,7 +189,7 @@ class Planner:
             updates.append(self._copy_kernel(self.layout(value), dst,
                                              f"update_{target.attrs.get('name', target.id)}"))
         arena = self._assign_arena(self.kernels + updates)
-        return Plan(self.kernels, updates, self.ext_slots, self.scalar_names, self.constants,
+        return Plan(self.kernels, updates, self.ext_slots, self.scalar_refs, self.constants,
                     arena, loss_layout, self.flops)
 
     def _units(self):

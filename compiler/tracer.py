@@ -137,16 +137,25 @@ class TraceContext(Context):
         self.params = {}          # id(array) -> (array, Node)
         self.captured = {}        # id(array) -> (array, Node)
         self.inputs = []          # input nodes in creation order
-        for arr, name in (params or []):
-            self.add_param(arr, name)
+        for i, (arr, name) in enumerate(params or []):
+            self.add_param(arr, name, ("param", i))
 
-    def new_input(self, shape, dtype, name, role):
-        node = Node("input", (), {"name": name, "role": role}, shape, dtype)
+    def new_input(self, shape, dtype, name, role, ref=None):
+        """A graph input. `ref` says where the runtime finds its array -- ("param", i),
+        ("data", i), ("captured", k), ("state", i, name) -- and survives serialisation."""
+        node = Node("input", (), {"name": name, "role": role, "ref": ref or (role, name)},
+                    shape, dtype)
         self.inputs.append(node)
         return SymbolicTracer(node, self)
 
-    def add_param(self, arr, name):
-        t = self.new_input(arr.shape, arr.dtype, name, "param")
+    def new_scalar(self, dtype, name, ref):
+        """A host scalar (learning rate, beta^t, ...) passed to the native step each call."""
+        node = Node("scalar", (), {"name": name, "ref": ref}, (), dtype)
+        self.inputs.append(node)
+        return SymbolicTracer(node, self)
+
+    def add_param(self, arr, name, ref):
+        t = self.new_input(arr.shape, arr.dtype, name, "param", ref)
         self.params[id(arr)] = (arr, t.node)
         return t
 
@@ -176,7 +185,8 @@ class TraceContext(Context):
             base = base.base
         if key not in self.captured:
             self._refuse_copies_of_parameters(x)
-            t = self.new_input(x.shape, x.dtype, f"captured{len(self.captured)}", "captured")
+            k = len(self.captured)
+            t = self.new_input(x.shape, x.dtype, f"captured{k}", "captured", ("captured", k))
             # native code reads inputs densely: a strided view is bound as a copy made now
             bound = x if x.flags.c_contiguous else np.ascontiguousarray(x)
             self.captured[key] = (bound, t.node)

@@ -15,22 +15,3 @@ from .params import Grads, Params, params, trainable  # noqa: F401
 from .training import StepInfo, epochs, skip, stop, throttle, train  # noqa: F401
 
 __version__ = "0.1.0"
-
-
-def _preload():
-    """Start, in the background, the two slow parts of a first compile that depend on nothing
-    the user does: importing sympy (~0.4 s; needed to compile, never to trace) and compiling
-    the float32 GEMM library for this CPU (~0.3 s of LLVM, which releases the GIL).
-    GRAPHFLUX_PRELOAD=0 turns this off."""
-    import os
-    import sys
-    import threading
-    if os.environ.get("GRAPHFLUX_PRELOAD", "1") == "0":
-        return
-    if "sympy" not in sys.modules:
-        threading.Thread(target=__import__, args=("sympy",), name="graphflux-sympy").start()
-    from .compiler.pipeline import gemm_object
-    threading.Thread(target=gemm_object, args=("float32",), name="graphflux-gemm").start()
-
-
-_preload()

@@ -7,30 +7,51 @@ import time
 
 import numpy as np
 
-from graphflux.compiler.pipeline import compile_graph, graph_key
+from graphflux.compiler.pipeline import compile_graph, graph_key, prepare_libraries
+from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
 
 from .eager_step import EagerStep
 from .errors import NonFiniteLoss
-from .params import Grads, as_params, get_slot
+from .params import Grads, as_params, get_slot, warn_names
 from .signature import check_batch, describe_change, signature
-from .tracing import check_params, trace_step
+from .tracing import check_params, optimiser_description, step_graph, trace_loss
 
 log = logging.getLogger("graphflux")
 
 _ARTIFACTS = {}   # cache key -> Artifact, for the life of the process
 
 
-def artifact_for(traced):
-    """Compile `traced` (a TracedStep), or reuse the artifact of a structurally equal graph.
-    Returns (artifact, whether it was compiled now)."""
-    key = graph_key(traced.grad_graph)
+def artifact_for(traced, ps, opt=None):
+    """The artifact of a traced loss: from this process, from the disk cache (no AD, passes,
+    sympy or LLVM), or compiled now. The key is computed before differentiation, from the
+    traced graph, the optimiser's description, versions and CPU.
+    Returns (artifact, "memory" | "disk" | "compiled")."""
+    key = graph_key(traced.graph, optimiser_description(opt))
     art = _ARTIFACTS.get(key)
-    if art is not None:
-        return art, False
-    art = compile_graph(traced.graph, traced.grad_graph, dict(traced.seconds), key)
+    how = "memory"
+    if art is None:
+        art = disk_cache().load(key, traced.graph, lambda: step_graph(traced, ps, opt, False),
+                                traced.seconds["trace"])
+        how = "disk"
+    if art is None:
+        prepare_libraries(ps[0].dtype if len(ps) else np.float32)
+        grad_graph = step_graph(traced, ps, opt)
+        art = compile_graph(traced.graph, grad_graph, traced.seconds, key)
+        art.stats["unused_params"] = [ps.name(p) for i, p in enumerate(ps)
+                                      if not _updated_or_output(art.binary, i, ps, opt)]
+        disk_cache().store(key, art)
+        how = "compiled"
+    elif art.stats.get("unused_params"):
+        warn_names(art.stats["unused_params"])
     _ARTIFACTS[key] = art
-    return art, True
+    return art, how
+
+
+def _updated_or_output(binary, index, ps, opt):
+    if opt is None:
+        return any(name == f"grad:{ps.name(ps[index])}" for name, _, _ in binary.outputs)
+    return any(ref[0] == "scalar" and ref[1] == index for ref in binary.scalar_refs)
 
 
 class _Entry:
@@ -38,32 +59,31 @@ class _Entry:
 
     def __init__(self, step, traced, art):
         self.art = art
-        self.ex = ex = Executable(art)
+        self.ex = ex = Executable(art.binary)
         self.data_slots = []
         self.slot_checks = []
-        scalar_keys = {}
-        ps = step.ps
-        for node, mine in zip(art.grad_graph.inputs, traced.grad_graph.inputs):
-            kind, key = traced.bindings[mine.id]
-            if kind == "scalar":
-                scalar_keys[node.attrs["name"]] = key
-                continue
-            if node.id not in ex.input_slot:
-                continue
-            slot = ex.input_slot[node.id]
+        ps, opt = step.ps, step.opt
+        self.keep = []
+        for ref, slot in ex.input_slot.items():
+            kind = ref[0]
             if kind == "data":
-                self.data_slots.append((slot, key))
-            elif kind == "param":
-                ex.native.pointers[slot] = ps[key].ctypes.data
+                self.data_slots.append((slot, ref[1]))
+                continue
+            if kind == "param":
+                arr = ps[ref[1]]
+            elif kind == "captured":
+                arr = traced.captured[ref[1]]
             else:
-                ex.native.pointers[slot] = key.ctypes.data
-        self.keep = [traced.bindings]
+                arr = opt.slot(ps[ref[1]]).arrays[ref[2]]
+            self.keep.append(arr)
+            ex.native.pointers[slot] = arr.ctypes.data
         self.scalar_plan = []    # (param, [scalar names]) in the order of the scalars vector
-        for name in ex.scalar_names:
-            index, key = scalar_keys[name]
+        for _, index, name in art.binary.scalar_refs:
             if not self.scalar_plan or self.scalar_plan[-1][0] is not ps[index]:
                 self.scalar_plan.append((ps[index], []))
-            self.scalar_plan[-1][1].append(key)
+            self.scalar_plan[-1][1].append(name)
+        for p, _ in self.scalar_plan:
+            opt.slot(p)          # per-parameter host state exists before the first run
         for p in ps:
             for slot in ps.slots[id(p)]:
                 self.slot_checks.append((slot, get_slot(slot)))
@@ -105,14 +125,15 @@ class CompiledStep:
         reason = reason or describe_change(self._last, sig)
         t = time.perf_counter()
         check_params(self.ps)
-        traced = trace_step(self.loss, self.ps, batch, self.opt)
-        art, fresh = artifact_for(traced)
+        traced = trace_loss(self.loss, self.ps, batch)
+        art, how = artifact_for(traced, self.ps, self.opt)
         entry = _Entry(self, traced, art)
         self._entries[sig] = entry
         self._seen.clear()
         self._last = sig
-        log.info("%s step in %.3f s: %s", "compiled" if fresh else "traced (artifact reused)",
-                 time.perf_counter() - t, reason)
+        what = {"compiled": "compiled step", "disk": "loaded step from the disk cache",
+                "memory": "traced step (artifact reused)"}[how]
+        log.info("%s in %.3f s: %s", what, time.perf_counter() - t, reason)
         return entry
 
     def __call__(self, *batch):

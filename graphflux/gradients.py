@@ -10,7 +10,7 @@ from .compiled import artifact_for
 from .eager_step import eager_value_and_grads
 from .optimise import apply_eager
 from .params import Grads, Params, as_params
-from .tracing import check_params, trace_step
+from .tracing import check_params, trace_loss
 
 _EXECUTABLES = {}
 
@@ -22,15 +22,14 @@ def _check_mode(mode):
 
 def _compiled_value_and_grads(f, ps, args=()):
     check_params(ps)
-    traced = trace_step(f, ps, args)
-    art, _ = artifact_for(traced)
+    traced = trace_loss(f, ps, args)
+    art, _ = artifact_for(traced, ps)
     ex = _EXECUTABLES.get(art.symbol)
     if ex is None:
-        ex = _EXECUTABLES[art.symbol] = Executable(art)
-    for node, mine in zip(art.grad_graph.inputs, traced.grad_graph.inputs):
-        if node.id in ex.input_slot:
-            kind, key = traced.bindings[mine.id]
-            ex.bind(node.id, ps[key] if kind == "param" else args[key] if kind == "data" else key)
+        ex = _EXECUTABLES[art.symbol] = Executable(art.binary)
+    sources = {"param": ps, "data": args, "captured": traced.captured}
+    for ref in ex.input_slot:
+        ex.bind(ref, sources[ref[0]][ref[1]])
     _, outs = ex.run()
     grads = [outs.get(f"grad:{ps.name(p)}") for p in ps]
     return float(outs["loss"]), grads

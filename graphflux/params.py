@@ -176,11 +176,14 @@ class Grads(Mapping):
 
 def warn_unused(ps, grads):
     """One warning naming the parameters the loss did not reach."""
-    missing = [ps.name(p) for p, g in zip(ps, grads) if g is None]
+    warn_names([ps.name(p) for p, g in zip(ps, grads) if g is None])
+
+
+def warn_names(missing):
     if missing:
         warnings.warn(f"the loss does not depend on parameter(s) {', '.join(missing)}: their "
                       "gradient is None (used only through plain numpy, or not at all)",
-                      stacklevel=3)
+                      stacklevel=4)
 
 
 def as_params(ps):

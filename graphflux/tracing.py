@@ -9,7 +9,7 @@ import numpy as np
 from graphflux.compiler import ops
 from graphflux.compiler.autodiff import differentiate
 from graphflux.compiler.errors import GraphfluxError, TraceError
-from graphflux.compiler.graph import Graph, Node
+from graphflux.compiler.graph import Graph
 from graphflux.compiler.tracer import Tracer, TraceContext
 
 from .params import get_slot, set_slot, warn_unused
@@ -56,14 +56,14 @@ def installed(ps, values):
             set_slot(slot, old)
 
 
-class TracedStep:
-    """The graphs of one step and where each input comes from:
-    `bindings[node id] = (kind, key)` with kind param (index), data (position),
-    state (array), captured (array) or scalar ((param index, scalar name))."""
+class TracedLoss:
+    """A loss traced for one input signature: the forward `graph`, and what the runtime binds
+    besides parameters and data -- the arrays the loss captured, in `("captured", k)` order."""
 
-    def __init__(self, graph, grad_graph, bindings, seconds, grad_names):
-        self.graph, self.grad_graph = graph, grad_graph
-        self.bindings, self.seconds, self.grad_names = bindings, seconds, grad_names
+    def __init__(self, ctx, graph, loss_node, pnodes, seconds):
+        self.ctx, self.graph, self.loss_node, self.pnodes = ctx, graph, loss_node, pnodes
+        self.captured = [arr for arr, _ in ctx.captured.values()]
+        self.seconds = seconds
 
 
 def _as_loss_node(out, ctx):
@@ -80,68 +80,64 @@ def _as_loss_node(out, ctx):
     return ops.reshape(ctx.wrap(node), ()).node if node.shape != () else node
 
 
-def trace_step(loss, ps, batch, opt=None, warn=True):
-    """Trace `loss(*batch)` (batch may be empty for closures) and build the step graph."""
+def trace_loss(loss, ps, batch):
+    """Trace `loss(*batch)` (batch may be empty for closures) into the forward graph."""
     t0 = time.perf_counter()
     ctx = TraceContext()
-    bindings = {}
-    pnodes = []
-    for i, p in enumerate(ps):
-        node = ctx.add_param(p, ps.name(p)).node
-        pnodes.append(node)
-        bindings[node.id] = ("param", i)
-    args = []
-    for i, a in enumerate(batch):
-        if isinstance(a, np.ndarray):
-            t = ctx.new_input(a.shape, a.dtype, f"x{i}", "data")
-            bindings[t.node.id] = ("data", i)
-            args.append(t)
-        else:
-            args.append(a)
+    pnodes = [ctx.add_param(p, ps.name(p), ("param", i)).node for i, p in enumerate(ps)]
+    args = [ctx.new_input(a.shape, a.dtype, f"x{i}", "data", ("data", i))
+            if isinstance(a, np.ndarray) else a for i, a in enumerate(batch)]
     with installed(ps, [ctx.wrap(n) for n in pnodes]), ctx:
-        out = loss(*args)
-        loss_node = _as_loss_node(out, ctx)
-    for arr, node in ctx.captured.values():
-        bindings[node.id] = ("captured", arr)
+        loss_node = _as_loss_node(loss(*args), ctx)
     graph = Graph(list(ctx.inputs), [("loss", loss_node)], name="loss")
-    t1 = time.perf_counter()
+    return TracedLoss(ctx, graph, loss_node, pnodes, {"trace": time.perf_counter() - t0})
+
+
+def step_graph(traced, ps, opt=None, warn=True):
+    """Differentiate a traced loss and, with an optimiser, trace its update on top.
+    Returns the step Graph: outputs `loss` (and `grad:<param>` without an optimiser), updates
+    of parameters and optimiser state."""
+    t0 = time.perf_counter()
+    ctx, loss_node = traced.ctx, traced.loss_node
     with ctx:
-        grads = differentiate(loss_node, pnodes, ctx)
-    glist = [grads[n.id] for n in pnodes]
+        grads = differentiate(loss_node, traced.pnodes, ctx)
+    glist = [grads[n.id] for n in traced.pnodes]
     if warn:
         warn_unused(ps, glist)
-    outputs, updates, names = [("loss", loss_node)], [], []
-    if opt is None:
-        for p, g in zip(ps, glist):
-            if g is not None:
-                outputs.append((f"grad:{ps.name(p)}", g))
-                names.append(ps.name(p))
-    else:
-        for i, (p, pn, g) in enumerate(zip(ps, pnodes, glist)):
-            if g is None:
-                continue
-            updates.extend(_trace_update(ctx, opt, p, i, pn, g, ps.name(p), bindings))
-    grad_graph = Graph(list(ctx.inputs), outputs, updates, name="step")
-    seconds = {"trace": t1 - t0, "ad": time.perf_counter() - t1}
-    return TracedStep(graph, grad_graph, bindings, seconds, names)
+    outputs, updates = [("loss", loss_node)], []
+    for i, (p, pn, g) in enumerate(zip(ps, traced.pnodes, glist)):
+        if g is None:
+            continue
+        if opt is None:
+            outputs.append((f"grad:{ps.name(p)}", g))
+        else:
+            updates.extend(_trace_update(ctx, opt, p, i, pn, g, ps.name(p)))
+    traced.seconds["ad"] = time.perf_counter() - t0
+    return Graph(list(ctx.inputs), outputs, updates, name="step")
 
 
-def _trace_update(ctx, opt, p, index, pnode, gnode, name, bindings):
+def _trace_update(ctx, opt, p, index, pnode, gnode, name):
     record = opt.slot(p)
-    state, host = record.arrays, record.host
-    st = {}
-    for k, arr in state.items():
-        t = ctx.new_input(arr.shape, arr.dtype, f"{name}.{k}", "state")
-        bindings[t.node.id] = ("state", arr)
-        st[k] = t
-    sc = {}
-    for k in opt.scalars(host):
-        node = Node("scalar", (), {"name": f"{name}.{k}"}, (), p.dtype)
-        ctx.inputs.append(node)
-        bindings[node.id] = ("scalar", (index, k))
-        sc[k] = ctx.wrap(node)
-    with ctx:
-        x = ctx.wrap(pnode)
-        delta, new = opt.rule(x, ctx.wrap(gnode), st, sc)
-        new_x = ops.sub(x, delta)
-    return [(pnode, new_x.node)] + [(st[k].node, new[k].node) for k in state]
+    st = {k: ctx.new_input(arr.shape, arr.dtype, f"{name}.{k}", "state", ("state", index, k))
+          for k, arr in record.arrays.items()}
+    sc = {k: ctx.new_scalar(p.dtype, f"{name}.{k}", ("scalar", index, k))
+          for k in opt.scalars(record.host)}
+    ctx.source_override = f"{type(opt).__name__} update of {name}"
+    try:
+        with ctx:
+            x = ctx.wrap(pnode)
+            delta, new = opt.rule(x, ctx.wrap(gnode), st, sc)
+            new_x = ops.sub(x, delta)
+    finally:
+        ctx.source_override = None
+    return [(pnode, new_x.node)] + [(st[k].node, new[k].node) for k in record.arrays]
+
+
+def optimiser_description(opt):
+    """What of an optimiser shapes the compiled step (its rule, state and scalar names; not its
+    hyperparameter values, which are runtime scalars): part of the cache key."""
+    if opt is None:
+        return "gradients"
+    cls = type(opt)
+    return (f"{cls.__module__}.{cls.__qualname__} state={list(opt.state_names)} "
+            f"scalars={list(opt.scalars(opt.host_init()))}")

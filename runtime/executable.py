@@ -1,45 +1,42 @@
-"""An Artifact bound to memory: the native step plus the map from graph inputs and outputs to
-pointer-table slots. Constants are bound once; inputs and outputs per call."""
+"""A compiled step bound to memory: the native step plus the map from the Binary's slots to
+arrays. Constants are bound once; inputs per call or once (parameters, state); outputs are
+arrays this object owns, or fresh ones per run."""
 import numpy as np
 
 from .native import NativeStep
 
 
 class Executable:
-    def __init__(self, artifact):
-        plan = artifact.plan
-        self.artifact = artifact
-        self.native = NativeStep(artifact.objects, artifact.symbol, len(plan.ext_slots),
-                                 plan.arena_bytes, len(plan.scalar_names),
-                                 artifact.thread_settings)
+    def __init__(self, binary):
+        self.binary = binary
+        self.native = NativeStep(binary.objects, binary.symbol, len(binary.slots),
+                                 binary.arena_bytes, len(binary.scalar_refs),
+                                 binary.thread_settings)
         self.input_slot = {}
-        self.outputs = []
+        self.output_slot = {}
         self._keep = []
-        shapes = {n.id: n for n in artifact.optimized_graph.inputs}
-        out_nodes = dict(artifact.optimized_graph.outputs)
-        for slot, (kind, key) in enumerate(plan.ext_slots, start=1):
+        for slot, (kind, key) in enumerate(binary.slots, start=1):
             if kind == "input":
                 self.input_slot[key] = slot
             elif kind == "const":
-                arr = plan.constants[key]
+                arr = binary.constants[key]
                 self._keep.append(arr)
                 self.native.pointers[slot] = arr.ctypes.data
             else:
-                node = out_nodes[key]
-                self.outputs.append((key, slot, node.shape, node.dtype))
-        self.input_nodes = shapes
-        self.scalar_names = plan.scalar_names
+                self.output_slot[key] = slot
+        self.outputs = [(name, self.output_slot[name], tuple(shape), np.dtype(dtype))
+                        for name, shape, dtype in binary.outputs]
         self._bound = set()
 
-    def bind(self, node_id, array):
-        self.native.pointers[self.input_slot[node_id]] = array.ctypes.data
-        self._bound.add(node_id)
+    def bind(self, ref, array):
+        """Point the input `ref` at `array` (which must stay alive while this is used)."""
+        self.native.pointers[self.input_slot[ref]] = array.ctypes.data
+        self._bound.add(ref)
 
     def run(self, scalars=()):
         """Run once with fresh output arrays; returns (status, {name: array})."""
         if len(self._bound) != len(self.input_slot):
-            missing = [self.input_nodes[i].attrs.get("name") for i in self.input_slot
-                       if i not in self._bound]
+            missing = [ref for ref in self.input_slot if ref not in self._bound]
             raise RuntimeError(f"graph inputs not bound: {missing}")
         outs = {}
         for name, slot, shape, dtype in self.outputs:

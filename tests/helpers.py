@@ -24,24 +24,26 @@ def trace_outputs(fn, inputs, grads_of=None):
             outputs += [(f"grad:{k}", g[t.node.id]) for k, t in tracers.items()
                         if g[t.node.id] is not None]
     nodes = {k: t.node for k, t in tracers.items()}
-    captured = {node.id: arr for arr, node in ctx.captured.values()}
+    captured = {node.attrs["ref"]: arr for arr, node in ctx.captured.values()}
     return Graph(list(ctx.inputs), outputs), nodes, captured
 
 
-def bindings(nodes, inputs, captured):
-    return {**{n.id: inputs[k] for k, n in nodes.items()}, **captured}
+def bindings(graph, nodes, inputs, captured):
+    """{input node id: array} for the interpreter."""
+    by_ref = {**{n.attrs["ref"]: inputs[k] for k, n in nodes.items()}, **captured}
+    return {n.id: by_ref[n.attrs["ref"]] for n in graph.inputs}
 
 
 def run_both(graph, nodes, inputs, captured):
     """(native outputs, reference outputs, artifact) of `graph` on `inputs`."""
     art = compile_graph(graph, graph, {})
-    ex = Executable(art)
-    for node_id, arr in bindings(nodes, inputs, captured).items():
-        if node_id in ex.input_slot:
-            ex.bind(node_id, arr)
+    ex = Executable(art.binary)
+    by_ref = {**{n.attrs["ref"]: inputs[k] for k, n in nodes.items()}, **captured}
+    for ref in ex.input_slot:
+        ex.bind(ref, by_ref[ref])
     status, native = ex.run()
     assert status == 0
-    reference, _ = evaluate(graph, bindings(nodes, inputs, captured))
+    reference, _ = evaluate(graph, bindings(graph, nodes, inputs, captured))
     return native, reference, art
 
 

@@ -64,7 +64,7 @@ def _finite_differences(graph, nodes, captured, inputs, eps=1e-6):
                 shifted = dict(inputs)
                 shifted[k] = x.copy()
                 shifted[k][i] += d
-                out, _ = evaluate(graph, bindings(nodes, shifted, captured))
+                out, _ = evaluate(graph, bindings(graph, nodes, shifted, captured))
                 vals.append(out["loss"])
             g[i] = (vals[0] - vals[1]) / (2 * eps)
         grads[k] = g
