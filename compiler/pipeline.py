@@ -82,24 +82,28 @@ class Artifact:
         return self._asm
 
 
-def compile_graph(graph, grad_graph, seconds, key=None):
+def compile_graph(graph, grad_graph, seconds, key=None, stages=None):
     """Optimise, plan, lower and compile `grad_graph` (the step); `graph` is the traced forward
-    graph kept for inspection; `seconds` carries the trace/AD timings measured by the caller."""
+    graph kept for inspection; `seconds` carries the trace/AD timings measured by the caller.
+    `stages`, when given, is filled with each stage as it is made, so a failing compile can
+    be dumped (GRAPHFLUX_DEBUG)."""
+    stages = {} if stages is None else stages
     key = key or graph_key(grad_graph)
     symbol = f"gf_step_{key[:20]}"
     t = time.perf_counter()
     optimized, pass_stats = optimize(grad_graph)
+    stages["optimized_graph"] = optimized
     seconds["passes"] = time.perf_counter() - t
     t = time.perf_counter()
     widths = llvm_backend.vector_widths()
     plan = Planner(optimized, widths, llvm_backend.num_threads()).run()
     module = lower(plan, symbol, widths)
-    ir_text = str(module)
+    ir_text = stages["llvm_ir"] = str(module)
     seconds["codegen"] = time.perf_counter() - t
     llmod, t_parse, t_opt = llvm_backend.optimize(ir_text)
     seconds["codegen"] += t_parse
     seconds["llvm_opt"] = t_opt
-    opt_text = str(llmod)
+    opt_text = stages["llvm_ir_optimized"] = str(llmod)
     t = time.perf_counter()
     objects = [llvm_backend.emit_object(llmod)] + _libraries(ir_text, widths)
     seconds["machine_code"] = time.perf_counter() - t

@@ -3,13 +3,17 @@
 The hot path (`CompiledStep.__call__` -> `_Entry.run`) does only what cannot be avoided: check
 the batch, look up the signature, write the batch's pointers and the host scalars, call."""
 import logging
+import os
+import tempfile
 import time
+import traceback
 
 import numpy as np
 
 from graphflux.compiler.pipeline import compile_graph, graph_key, prepare_libraries
 from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
+from graphflux.runtime.interpreter import first_nonfinite
 
 from .eager_step import EagerStep
 from .errors import NonFiniteLoss
@@ -36,8 +40,15 @@ def artifact_for(traced, ps, opt=None):
         how = "disk"
     if art is None:
         prepare_libraries(ps[0].dtype if len(ps) else np.float32)
-        grad_graph = step_graph(traced, ps, opt)
-        art = compile_graph(traced.graph, grad_graph, traced.seconds, key)
+        stages = {"graph": traced.graph}
+        try:
+            grad_graph = stages["grad_graph"] = step_graph(traced, ps, opt)
+            art = compile_graph(traced.graph, grad_graph, traced.seconds, key, stages)
+        except Exception as e:
+            folder = dump_stages(stages, e)
+            if folder is not None:
+                e.add_note(f"GRAPHFLUX_DEBUG: every stage this compile reached is in {folder}")
+            raise
         art.stats["unused_params"] = [ps.name(p) for i, p in enumerate(ps)
                                       if not _updated_or_output(art.binary, i, ps, opt)]
         disk_cache().store(key, art)
@@ -46,6 +57,20 @@ def artifact_for(traced, ps, opt=None):
         warn_names(art.stats["unused_params"])
     _ARTIFACTS[key] = art
     return art, how
+
+
+def dump_stages(stages, error):
+    """With GRAPHFLUX_DEBUG=1, write every stage a failing compile reached to a new folder
+    and return its path."""
+    if os.environ.get("GRAPHFLUX_DEBUG", "0") in ("", "0"):
+        return None
+    folder = tempfile.mkdtemp(prefix="graphflux-debug-")
+    for name, stage in stages.items():
+        with open(os.path.join(folder, f"{name}.txt"), "w") as f:
+            f.write(str(stage))
+    with open(os.path.join(folder, "error.txt"), "w") as f:
+        f.write("".join(traceback.format_exception(error)))
+    return folder
 
 
 def _updated_or_output(binary, index, ps, opt):
@@ -59,6 +84,7 @@ class _Entry:
 
     def __init__(self, step, traced, art):
         self.art = art
+        self.captured = traced.captured
         self.ex = ex = Executable(art.binary)
         self.data_slots = []
         self.slot_checks = []
@@ -161,10 +187,11 @@ class CompiledStep:
         for slot, i in entry.data_slots:
             ptrs[slot] = batch[i].__array_interface__["data"][0]
         opt = self.opt
+        values = []
         if opt is not None:
             states = opt._state
             records = [states[id(p)] for p, _ in entry.scalar_plan]
-            cache, values = {}, []
+            cache = {}
             for rec, (_, names) in zip(records, entry.scalar_plan):
                 vals = cache.get(rec.host)
                 if vals is None:
@@ -175,7 +202,8 @@ class CompiledStep:
         status = native()
         loss = float(entry.outputs["loss"])
         if status:
-            raise NonFiniteLoss(f"the loss is {loss}; nothing was updated")
+            raise NonFiniteLoss(f"the loss is {loss}; nothing was updated"
+                                + self._diagnose(entry, batch, values))
         if opt is None:
             return loss, self._grads(entry)
         advanced = {}
@@ -185,6 +213,26 @@ class CompiledStep:
                 new = advanced[rec.host] = opt.advance(rec.host)
             rec.host = new
         return loss
+
+    def _diagnose(self, entry, batch, scalars):
+        """Name the first node (op and the user's line) that produced a non-finite value, by
+        re-running the step's graph in the reference interpreter."""
+        graph = entry.art.grad_graph
+        ps, opt = self.ps, self.opt
+        scalar_values = dict(zip(entry.art.binary.scalar_refs, scalars))
+        bindings = {}
+        for n in graph.inputs:
+            ref = n.attrs["ref"]
+            kind = ref[0]
+            bindings[n.id] = (batch[ref[1]] if kind == "data" else ps[ref[1]] if kind == "param"
+                              else entry.captured[ref[1]] if kind == "captured"
+                              else opt.slot(ps[ref[1]]).arrays[ref[2]] if kind == "state"
+                              else scalar_values[ref])
+        node = first_nonfinite(graph, bindings)
+        if node is None:
+            return ""
+        what = node.attrs.get("fn", node.op)
+        return f"; the first non-finite value comes from {what} at {node.source}"
 
     def _grads(self, entry):
         values = []

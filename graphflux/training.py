@@ -112,9 +112,9 @@ def train(loss, ps, data, opt, *, cb=None, mode="compiled", progress=None):
             continue
         except StopTraining:
             break
-        except NonFiniteLoss:
+        except NonFiniteLoss as e:
             raise NonFiniteLoss(f"the loss is not finite on data item {i} (index from 0); "
-                                "parameters and optimiser state are as before that item") \
+                                f"parameters and optimiser state are as before that item ({e})") \
                 from None
         bar.show(i, value)
         info = StepInfo(i + 1, i, value)

@@ -25,3 +25,21 @@ def evaluate(graph, bindings):
     outputs = {k: values[n.id] for k, n in graph.outputs}
     updates = {t.id: values[v.id] for t, v in graph.updates}
     return outputs, updates
+
+
+def first_nonfinite(graph, bindings):
+    """The first node, in execution order, whose value has a NaN or an infinity (None if
+    none does): what NonFiniteLoss points the user at."""
+    values = dict(bindings)
+    with np.errstate(all="ignore"):
+        for node in toposort(graph.roots()):
+            if node.id not in values:
+                if node.op == "const":
+                    values[node.id] = node.value
+                    continue
+                args = [values[i.id] for i in node.inputs]
+                values[node.id] = np.asarray(IMPLS[node.op](*args, **node.attrs),
+                                             dtype=node.dtype)
+                if node.dtype.kind == "f" and not np.all(np.isfinite(values[node.id])):
+                    return node
+    return None

@@ -34,3 +34,59 @@ def test_bench_loss_check_reports_a_mismatch():
     assert loss_check([1.0, 0.5], [1.0, 0.5])["losses_agree"] is True
     assert loss_check([1.0, 0.5], [1.0, 0.51])["losses_agree"] is False
     assert loss_check([1.0, float("nan")], [1.0, 0.5])["losses_agree"] is False
+
+
+def test_inspect_prints_every_stage_of_every_workload():
+    from graphflux.bench import workloads
+    from graphflux.cli import STAGES, inspect
+    for name in workloads():
+        if name == "mlp-wide":
+            continue        # same code path as the others, only bigger
+        for stage in STAGES:
+            out = io.StringIO()
+            inspect(name, stage=stage, out=out)
+            text = out.getvalue()
+            assert len(text) > 50, (name, stage)
+            if stage in ("graph", "grad", "optimized"):
+                assert "f32[" in text and "graph" in text
+            if stage == "asm":
+                assert "gf_step_" in text
+
+
+def test_inspect_a_user_script_and_write_dot(tmp_path):
+    script = tmp_path / "model.py"
+    script.write_text(
+        "import numpy as np, graphflux as gf\n"
+        "m = gf.Dense(4, 2, gf.relu)\n"
+        "def loss(x, y):\n"
+        "    return gf.losses.mse(m(x), y)\n"
+        "ps = gf.params(m)\n"
+        "opt = gf.Momentum()\n"
+        "batch = (np.ones((3, 4), np.float32), np.zeros((3, 2), np.float32))\n")
+    dot = tmp_path / "g.dot"
+    out = subprocess.run([sys.executable, "-m", "graphflux.cli", "inspect", "--script",
+                          str(script), "--stage", "optimized", "--dot", str(dot)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "model.py:4" in out and "update weight" in out
+    assert dot.read_text().startswith("digraph") and "cluster_" in dot.read_text()
+
+
+def test_inspect_script_missing_names_is_a_clear_error(tmp_path):
+    script = tmp_path / "bad.py"
+    script.write_text("x = 1\n")
+    out = subprocess.run([sys.executable, "-m", "graphflux.cli", "inspect", "--script",
+                          str(script)], capture_output=True, text=True)
+    assert out.returncode != 0 and "must define loss, ps, batch" in out.stderr
+
+
+def test_demo_plot_writes_a_png(tmp_path):
+    path = tmp_path / "curves.png"
+    demo(epochs=3, out=io.StringIO(), plot=str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_plot_without_matplotlib_says_what_to_install(tmp_path, monkeypatch):
+    import pytest
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit, match="pip install"):
+        demo(epochs=1, out=io.StringIO(), plot=str(tmp_path / "x.png"))

@@ -101,3 +101,30 @@ def test_digits_dataset():
     assert X.min() == 0 and X.max() == 1
     assert set(np.unique(y)) == set(range(10))
     assert np.bincount(y).min() > 170
+
+
+def test_nonfinite_loss_names_the_first_bad_node_and_its_line():
+    w = np.ones((3, 2), np.float32)
+    step = gf.compile(lambda x: gf.sum(gf.log(x @ w)), gf.params(w), gf.Descent(0.1))
+    step(np.ones((4, 3), np.float32))
+    saved = w.copy()
+    with pytest.raises(gf.NonFiniteLoss) as e:
+        step(-np.ones((4, 3), np.float32))
+    assert "log at test_inspection.py:" in str(e.value)
+    np.testing.assert_array_equal(w, saved)
+
+
+def test_graphflux_debug_dumps_the_stages_of_a_failing_compile(monkeypatch):
+    monkeypatch.setenv("GRAPHFLUX_DEBUG", "1")
+    x = np.ones((4, 3), np.float32)
+    w = np.ones((3, 2), np.float32)
+    labels = np.ones((4, 2), np.int8)      # int arithmetic the native code does not do
+    with pytest.raises(gf.GraphfluxError) as e:
+        gf.gradient(lambda: gf.sum(gf.matmul(x, w)) + gf.sum(gf.compiler.ops.bind(
+            "reduce_sum", (labels,), {"axes": (0, 1), "keepdims": False})), gf.params(w))
+    note = "\n".join(getattr(e.value, "__notes__", []))
+    folder = note.split(" is in ")[-1].strip()
+    import os
+    assert os.path.isdir(folder)
+    assert {"graph.txt", "grad_graph.txt", "error.txt"} <= set(os.listdir(folder))
+    assert "test_inspection.py:" in open(os.path.join(folder, "graph.txt")).read()
