@@ -133,7 +133,7 @@ def gemm_name(ty, vw):
 
 
 MAX_THREADS = 16
-N_ARGS = 13
+N_ARGS = 14
 SCRATCH_BYTES = MAX_THREADS * (N_ARGS + 1) * 8   # thread arguments and ids
 
 
@@ -144,9 +144,9 @@ def _gemm_type():
 
 
 def _serial_type():
-    """(A, B, C, packA, packB, M, N, K, sam, sak, sbk, sbn, ldc)"""
+    """(A, B, C, packA, packB, M, N, K, sam, sak, sbk, sbn, ldc, nc_cap)"""
     ptr = ir.PointerType()
-    return ir.FunctionType(ir.VoidType(), [ptr] * 5 + [I64] * 8)
+    return ir.FunctionType(ir.VoidType(), [ptr] * 5 + [I64] * 9)
 
 
 def declare_gemm(module, ty, vw):
@@ -176,7 +176,7 @@ def gemm_library(ty, vw):
     return module
 
 
-PARALLEL_FLOPS = 1 << 28   # measured: smaller products gained nothing from a second thread here
+PARALLEL_FLOPS = 1 << 28   # measured: smaller products gained little or lost on this VM
 
 
 def _define_parallel(module, name, serial, ty, vw):
@@ -210,11 +210,15 @@ def _define_parallel(module, name, serial, ty, vw):
     par_bb, ser_bb = fn.append_basic_block("parallel"), fn.append_basic_block("serial")
     b.cbranch(parallel, par_bb, ser_bb)
     b.position_at_end(ser_bb)
-    b.call(serial, [A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, N])
+    b.call(serial, [A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, N,
+                    i64(NC[isinstance(ty, ir.FloatType)])])
     b.ret_void()
 
     b.position_at_end(par_bb)
     pa_size, pb_size = _pack_sizes_ir(b, M, N, K, vw, isinstance(ty, ir.FloatType))
+    # threads may share a core's L2: each packs a B block 1/threads the usual size
+    nc_shared = b.mul(b.sdiv(b.sdiv(i64(NC[isinstance(ty, ir.FloatType)]), t), i64(nr)), i64(nr))
+    nc_shared = b.select(b.icmp_signed("<", nc_shared, i64(nr)), i64(nr), nc_shared)
     by_cols = b.icmp_signed(">=", N, M)
     unit = b.select(by_cols, i64(nr), i64(MR))
     extent = b.select(by_cols, N, M)
@@ -235,7 +239,7 @@ def _define_parallel(module, name, serial, ty, vw):
         n = b.select(by_cols, length, N)
         return [gep(b, A, a_off, ty), gep(b, B, b_off, ty), gep(b, C, c_off, ty),
                 gep(b, PA, b.mul(i, pa_size), ty), gep(b, PB, b.mul(i, pb_size), ty),
-                m, n, K, sam, sak, sbk, sbn, N]
+                m, n, K, sam, sak, sbk, sbn, N, nc_shared]
 
     def spawn(i):
         vals = block_args(i)
@@ -266,17 +270,17 @@ def _pack_sizes_ir(b, M, N, K, vw, is_f32):
 def _define_gemm(module, name, ty, vw):
     nr = 2 * vw
     is_f32 = isinstance(ty, ir.FloatType)
-    nc_cap, mc_cap = NC[is_f32], MC
+    mc_cap = MC
     uk = _micro_kernel(module, name + ".uk", ty, vw)
     fn = ir.Function(module, _serial_type(), name=name)
     fn.linkage = "internal"
-    A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc = fn.args
+    A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc, nc_cap_arg = fn.args
     for a in fn.args[:5]:
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     zero = ir.Constant(ty, 0.0)
     kc_max = smin(b, K, KC)
-    nc_max = smin(b, b.mul(b.sdiv(b.add(N, i64(nr - 1)), i64(nr)), i64(nr)), nc_cap)
+    nc_max = smin(b, b.mul(b.sdiv(b.add(N, i64(nr - 1)), i64(nr)), i64(nr)), nc_cap_arg)
     mc_max = smin(b, b.mul(b.sdiv(b.add(M, i64(MR - 1)), i64(MR)), i64(MR)), mc_cap)
     m_last, n_last = b.sub(M, i64(1)), b.sub(N, i64(1))
 

@@ -8,6 +8,8 @@ import time
 
 import numpy as np
 
+from .bench_others import jax_step, torch_step
+
 
 def _mlp(sizes, acts, rng, dtype=np.float32):
     import graphflux as gf
@@ -72,6 +74,15 @@ def measure(name, spec, steps=200, check_steps=20):
         result[f"{mode}_iqr_us"] = float(np.subtract(*np.percentile(us, [75, 25])))
     result["speedup"] = result["eager_median_us"] / result["compiled_median_us"]
     result.update(loss_check(losses["compiled"], losses["eager"]))
+    for label, builder in (("pytorch", torch_step), ("jax", jax_step)):
+        model, _, _, _, x, y = build(spec)
+        other = builder(spec, model)
+        if other is None:
+            continue
+        first = [other(x, y) for _ in range(check_steps + 1)]
+        us = _times(lambda: other(x, y), max(steps // 4, 20))
+        result[f"{label}_median_us"] = float(np.median(us))
+        result[f"{label}_first_loss"] = first[0]
     return result
 
 
@@ -89,20 +100,39 @@ def machine():
 
 
 def run(names=None, steps=200, as_json=False):
+    """Measure with a fresh, temporary artifact cache, so compile times are real compiles."""
+    import tempfile
+    previous = os.environ.get("GRAPHFLUX_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="graphflux-bench-") as folder:
+        os.environ["GRAPHFLUX_CACHE_DIR"] = folder
+        try:
+            return _run(names, steps, as_json)
+        finally:
+            if previous is None:
+                os.environ.pop("GRAPHFLUX_CACHE_DIR", None)
+            else:
+                os.environ["GRAPHFLUX_CACHE_DIR"] = previous
+
+
+def _run(names, steps, as_json):
     specs = workloads()
     names = names or list(specs)
     unknown = [n for n in names if n not in specs]
     if unknown:
         raise SystemExit(f"unknown workload(s) {unknown}; choose from {list(specs)}")
     results = [measure(n, specs[n], steps) for n in names]
+    extra = [k[:-len("_median_us")] for k in ("pytorch_median_us", "jax_median_us")
+             if any(k in r for r in results)]
     if as_json:
         print(json.dumps({"machine": machine(), "results": results}, indent=2))
         return results
     m = machine()
     print(f"machine: {m['cpu']}, {m['cores']} cores, python {m['python']}, numpy {m['numpy']}")
-    print(f"{'workload':10s} {'compiled us':>12s} {'eager us':>10s} {'ratio':>6s} "
-          f"{'compile s':>9s}  losses agree")
+    print(f"{'workload':10s} {'compiled us':>12s} {'+-iqr':>7s} {'eager us':>10s} {'ratio':>6s} "
+          f"{'compile s':>9s}  losses agree" + "".join(f" {e + ' us':>12s}" for e in extra))
     for r in results:
-        print(f"{r['workload']:10s} {r['compiled_median_us']:12.1f} {r['eager_median_us']:10.1f} "
-              f"{r['speedup']:6.1f} {r['compile_s']:9.2f}  {r['losses_agree']}")
+        print(f"{r['workload']:10s} {r['compiled_median_us']:12.1f} {r['compiled_iqr_us']:7.1f} "
+              f"{r['eager_median_us']:10.1f} {r['speedup']:6.1f} {r['compile_s']:9.2f}  "
+              f"{str(r['losses_agree']):12s}"
+              + "".join(f" {r.get(e + '_median_us', float('nan')):12.1f}" for e in extra))
     return results

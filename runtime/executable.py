@@ -45,4 +45,5 @@ class Executable:
             self.native.pointers[slot] = arr.ctypes.data
         if len(scalars):
             self.native.scalars[:len(scalars)] = scalars
+        self.last_outputs = outs      # the pointer table refers to them until the next run
         return self.native(), outs
