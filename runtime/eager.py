@@ -82,6 +82,8 @@ class EagerContext(Context):
                              f"{user_source_line()}") from None
         if not tracked:
             return value
+        if op == "stop_gradient":    # untracked, and a copy: never the parameter array itself
+            return np.array(value)
         t = EagerTensor(value, op, vals, parents, attrs, self)
         self.tape.append(t)
         return t
