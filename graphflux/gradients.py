@@ -42,11 +42,15 @@ def value_and_grads(f, ps, args=(), mode="compiled"):
     return _compiled_value_and_grads(f, ps, args)
 
 
-def _explicit(f, args):
-    """Explicit style: array arguments are differentiated; the rest get None."""
-    arrays = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args]
-    ps = Params([a for a in arrays if isinstance(a, np.ndarray)])
-    return ps, arrays
+def _explicit(args):
+    """Explicit style: the arguments go in a list whose array slots `params` records, so
+    tracing puts a tracer in each and `f` sees traced values, as JAX's grad does."""
+    box = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args]
+    ps = Params()
+    for i, a in enumerate(box):
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f":
+            ps.add(a, (box, i), f"arg{i}")
+    return ps, box
 
 
 def gradient(f, *args, mode="compiled"):
@@ -54,8 +58,9 @@ def gradient(f, *args, mode="compiled"):
     if len(args) == 1 and isinstance(args[0], Params):
         _, grads = value_and_grads(f, args[0], (), mode)
         return Grads(args[0], grads)
-    ps, arrays = _explicit(f, args)
-    _, grads = value_and_grads(lambda: f(*arrays), ps, (), mode) if len(ps) else (None, [])
+    ps, box = _explicit(args)
+    arrays = list(box)
+    _, grads = value_and_grads(lambda: f(*box), ps, (), mode) if len(ps) else (None, [])
     by_id = {id(p): g for p, g in zip(ps, grads)}
     return tuple(by_id.get(id(a)) if isinstance(a, np.ndarray) else None for a in arrays)
 

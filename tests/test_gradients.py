@@ -152,3 +152,13 @@ def test_whole_model_gradient(mode):
             p[i] = old
             fd[i] = (up - down) / (2 * eps)
         np.testing.assert_allclose(gs[p], fd, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["compiled", "eager"])
+def test_explicit_gradient_sees_python_operators_on_its_arguments(mode):
+    a = np.array([1.0, -2.0, 3.0])
+    b = np.array([0.5, 0.25, 2.0])
+    ga, gb, none = gf.gradient(lambda a, b, k: gf.sum(a * a * b) * k, a, b, 3.0, mode=mode)
+    np.testing.assert_allclose(ga, 2 * a * b * 3.0)
+    np.testing.assert_allclose(gb, a * a * 3.0)
+    assert none is None
