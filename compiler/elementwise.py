@@ -180,5 +180,57 @@ def _where(c, a, b): return _piecewise(a, _sp().Ne(c, 0), b)
 def _xlogy(x, y): return _piecewise(0, _sp().Eq(x, 0), x * _sp().log(y))
 
 
+@_builtin("xlogx", 1)
+def _xlogx(x): return _piecewise(0, _sp().Eq(x, 0), x * _sp().log(x))
+
+
+@_builtin("softplus", 1)
+def _softplus(x): return _relu(x) + _sp().log(1 + _sp().exp(-_sp().Abs(x)))
+
+
+@_builtin("leakyrelu", 2)
+def _leakyrelu(x, a): return _piecewise(x, x > 0, a * x)
+
+
+@_builtin("elu", 2)
+def _elu(x, a): return _piecewise(x, x > 0, a * (_sp().exp(x) - 1))
+
+
+@_builtin("celu", 2)
+def _celu(x, a): return _piecewise(x, x > 0, a * (_sp().exp(x / a) - 1))
+
+
+@_builtin("selu", 1)
+def _selu(x):
+    lam, alpha = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
+    return lam * _piecewise(x, x > 0, alpha * (_sp().exp(x) - 1))
+
+
+@_builtin("gelu", 1)
+def _gelu(x):
+    sp = _sp()
+    return x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Float("0.044715") * x ** 3)))
+
+
+@_builtin("swish", 1)
+def _swish(x): return x * _sigmoid(x)
+
+
+@_builtin("hardsigmoid", 1)
+def _hardsigmoid(x): return _piecewise(0, x <= -3, _piecewise(1, x >= 3, (x + 3) / 6))
+
+
+@_builtin("relu6", 1)
+def _relu6(x): return _piecewise(0, x <= 0, _piecewise(6, x >= 6, x))
+
+
+@_builtin("softsign", 1)
+def _softsign(x): return x / (1 + _sp().Abs(x))
+
+
+@_builtin("mish", 1)
+def _mish(x): return x * _sp().tanh(_softplus(x))
+
+
 @_builtin("identity", 1)
 def _identity(a): return a

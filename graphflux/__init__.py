@@ -3,14 +3,18 @@ traced, differentiated symbolically, optimised and lowered through LLVM to one n
 per training step."""
 from . import compiler, runtime  # noqa: F401  (the runtime registers the numpy op table)
 from . import datasets, losses, optimise  # noqa: F401
-from .activations import elementwise, identity, logsoftmax, relu, sigmoid, softmax, tanh, σ  # noqa: F401
+from .activations import (celu, elementwise, elu, gelu, hardsigmoid, hardσ, identity,  # noqa: F401
+                          leakyrelu, logsigmoid, logsoftmax, logσ, mish, relu, relu6, selu,
+                          sigmoid, softmax, softplus, softsign, swish, tanh, σ)
 from .arrays import exp, log, matmul, max, mean, reshape, sqrt, sum, transpose, where  # noqa: F401
 from .compiled import compile  # noqa: F401
 from .data import DataLoader, onecold, onehotbatch  # noqa: F401
 from .errors import GraphfluxError, NonFiniteLoss  # noqa: F401
 from .gradients import gradient, pullback, update, withgradient  # noqa: F401
 from .layers import Chain, Dense, glorot_uniform  # noqa: F401
-from .optimise import Adam, Descent, Momentum  # noqa: F401
+from .optimise import (AdaBelief, AdaDelta, AdaGrad, AdaMax, Adam, AdamW, AMSGrad,  # noqa: F401
+                       ClipNorm, ClipValue, Descent, ExpDecay, InvDecay, Momentum, NAdam,
+                       Nesterov, OAdam, Optimiser, RAdam, RMSProp, WeightDecay)
 from .params import Grads, Params, params, trainable  # noqa: F401
 from .training import StepInfo, epochs, skip, stop, throttle, train  # noqa: F401
 

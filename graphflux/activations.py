@@ -26,6 +26,44 @@ def tanh(x):
     return ops.tanh(x)
 
 
+def leakyrelu(x, a=0.01):
+    return ops.elementwise("leakyrelu", x, a)
+
+
+def elu(x, α=1.0):
+    return ops.elementwise("elu", x, α)
+
+
+def celu(x, α=1.0):
+    return ops.elementwise("celu", x, α)
+
+
+def _unary(name, doc):
+    def f(x):
+        return ops.elementwise(name, x)
+    f.__name__, f.__doc__ = name, doc
+    return f
+
+
+softplus = _unary("softplus", "log(1 + exp(x)), computed stably as relu(x) + log1p(exp(-|x|))")
+gelu = _unary("gelu", "NNlib's gelu: x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))")
+swish = _unary("swish", "x * sigmoid(x)")
+selu = _unary("selu", "scaled exponential linear unit (Klambauer et al.)")
+hardsigmoid = _unary("hardsigmoid", "max(0, min(1, (x + 3) / 6))")
+relu6 = _unary("relu6", "min(max(x, 0), 6)")
+softsign = _unary("softsign", "x / (1 + |x|)")
+mish = _unary("mish", "x tanh(softplus(x))")
+hardσ = hardsigmoid
+
+
+def logsigmoid(x):
+    """log(sigmoid(x)) = -softplus(-x), never log of a rounded-to-zero sigmoid."""
+    return ops.neg(softplus(ops.neg(x)))
+
+
+logσ = logsigmoid
+
+
 def softmax(x, axis=-1):
     """exp(x - max) / sum(exp(x - max)) along `axis` (Flux's dims=1 is axis=-1 here)."""
     z = ops.sub(x, ops.stop_gradient(ops.max(x, axis, keepdims=True)))

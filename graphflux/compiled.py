@@ -191,6 +191,7 @@ class CompiledStep:
         if opt is not None:
             states = opt._state
             records = [states[id(p)] for p, _ in entry.scalar_plan]
+            opt.prepare(records)
             cache = {}
             for rec, (_, names) in zip(records, entry.scalar_plan):
                 vals = cache.get(rec.host)

@@ -5,7 +5,7 @@ import numpy as np
 from graphflux.runtime.eager import EagerContext, EagerTensor, backward
 
 from .errors import NonFiniteLoss
-from .optimise import apply_eager
+from .optimise import update_eager
 from .params import Grads, as_params, warn_unused
 from .signature import check_batch
 from .tracing import check_params, installed
@@ -38,7 +38,5 @@ class EagerStep:
             return loss, Grads(self.ps, grads)
         if not np.isfinite(loss):
             raise NonFiniteLoss(f"the loss is {loss}; nothing was updated")
-        for p, g in zip(self.ps, grads):
-            if g is not None:
-                apply_eager(self.opt, p, g)
+        update_eager(self.opt, zip(self.ps, grads))
         return loss

@@ -8,7 +8,7 @@ from graphflux.runtime.executable import Executable
 
 from .compiled import artifact_for
 from .eager_step import eager_value_and_grads
-from .optimise import apply_eager
+from .optimise import update_eager
 from .params import Grads, Params, as_params
 from .tracing import check_params, trace_loss
 
@@ -85,9 +85,6 @@ def pullback(f, ps, mode="compiled"):
 def update(opt, ps, gs):
     """update(opt, ps, gs) or update(opt, x, dx): apply the optimiser in place."""
     if isinstance(ps, np.ndarray):
-        apply_eager(opt, ps, gs)
+        update_eager(opt, [(ps, gs)])
         return
-    for p in ps:
-        g = gs[p]
-        if g is not None:
-            apply_eager(opt, p, g)
+    update_eager(opt, [(p, gs[p]) for p in ps])

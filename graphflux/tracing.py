@@ -2,6 +2,9 @@
 through positional arguments; then symbolic AD and, with an optimiser, its update rule traced on
 top. The result names each graph input's source so the runtime can bind it."""
 import contextlib
+import functools
+import hashlib
+import inspect
 import time
 
 import numpy as np
@@ -134,10 +137,20 @@ def _trace_update(ctx, opt, p, index, pnode, gnode, name):
 
 
 def optimiser_description(opt):
-    """What of an optimiser shapes the compiled step (its rule, state and scalar names; not its
-    hyperparameter values, which are runtime scalars): part of the cache key."""
+    """What of an optimiser shapes the compiled step -- its rules (class and source), state and
+    scalar names; not its hyperparameter values, which are runtime scalars: part of the key."""
     if opt is None:
         return "gradients"
-    cls = type(opt)
-    return (f"{cls.__module__}.{cls.__qualname__} state={list(opt.state_names)} "
+    rules = [_rule_fingerprint(type(o)) for o in getattr(opt, "os", [opt])]
+    return (f"{_rule_fingerprint(type(opt))} {rules} state={list(opt.state_names)} "
             f"scalars={list(opt.scalars(opt.host_init()))}")
+
+
+@functools.lru_cache(maxsize=None)
+def _rule_fingerprint(cls):
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        source = ""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return f"{cls.__module__}.{cls.__qualname__}@{digest}"

@@ -27,9 +27,13 @@ def elementwise_function(name):
         args = [f"a{i}" for i in range(fn.arity)]
         body = to_numpy_source(fn.expr, {s.name: a for s, a in zip(fn.symbols, args)})
         exact = not fn.expr.has(sp.Piecewise) and fn.expr.free_symbols == set(fn.symbols)
-        ret = body if exact else f"_fix({body}, ({', '.join(args)},))"
-        src = f"def {name}({', '.join(args)}):\n    return {ret}\n"
-        namespace = {"np": np, "_fix": _fix}
+        if exact:
+            src = f"def {name}({', '.join(args)}):\n    return {body}\n"
+        else:   # np.where evaluates both branches: the untaken one may divide by zero
+            src = (f"def {name}({', '.join(args)}):\n"
+                   f"    with _quiet:\n        return _fix({body}, ({', '.join(args)},))\n")
+        namespace = {"np": np, "_fix": _fix, "_quiet": np.errstate(divide="ignore",
+                                                                   invalid="ignore")}
         exec(compile(src, f"<graphflux elementwise {name}>", "exec"), namespace)
         f = _compiled[name] = namespace[name]
         ops.NUMPY_ELEMENTWISE[name] = UFUNCS.get(name, f)
