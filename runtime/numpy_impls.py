@@ -31,9 +31,9 @@ def elementwise_function(name):
             src = f"def {name}({', '.join(args)}):\n    return {body}\n"
         else:   # np.where evaluates both branches: the untaken one may divide by zero
             src = (f"def {name}({', '.join(args)}):\n"
-                   f"    with _quiet:\n        return _fix({body}, ({', '.join(args)},))\n")
-        namespace = {"np": np, "_fix": _fix, "_quiet": np.errstate(divide="ignore",
-                                                                   invalid="ignore")}
+                   f"    with np.errstate(divide='ignore', invalid='ignore'):\n"
+                   f"        return _fix({body}, ({', '.join(args)},))\n")
+        namespace = {"np": np, "_fix": _fix}
         exec(compile(src, f"<graphflux elementwise {name}>", "exec"), namespace)
         f = _compiled[name] = namespace[name]
         ops.NUMPY_ELEMENTWISE[name] = UFUNCS.get(name, f)
