@@ -23,8 +23,14 @@ def _loss(a, b, row, pos, c, m1, m2, m3, s):
     def add(t):
         w = rng.standard_normal(t.shape)
         terms.append(ops.sum(ops.mul(t, w)))
-    for name in ["neg", "exp", "tanh", "sigmoid", "square", "identity"]:
+    for name in ["neg", "exp", "tanh", "sigmoid", "square", "identity", "softplus", "selu",
+                 "gelu", "swish", "softsign", "mish"]:
         add(ops.elementwise(name, a))
+    for name in ["leakyrelu", "elu", "celu"]:
+        add(ops.elementwise(name, ops.add(a, 0.05), 0.7))
+    add(ops.elementwise("xlogx", pos))
+    add(ops.elementwise("hardsigmoid", ops.mul(a, 2.0)))
+    add(ops.elementwise("relu6", ops.mul(ops.add(a, 0.05), 4.0)))
     add(ops.elementwise("relu", ops.add(a, 0.3)))      # away from the kink
     add(ops.elementwise("abs", ops.add(b, 0.05)))
     add(ops.log(pos))

@@ -11,7 +11,9 @@ from graphflux.compiler.plan import VIEW_OPS
 from graphflux.runtime.numpy_impls import IMPLS
 from helpers import run_both, tolerance, trace_outputs
 
-UNARY = ["neg", "exp", "log", "tanh", "sigmoid", "relu", "sqrt", "square", "abs", "identity"]
+UNARY = ["neg", "exp", "log", "tanh", "sigmoid", "relu", "sqrt", "square", "abs", "identity",
+         "xlogx", "softplus", "selu", "gelu", "swish", "hardsigmoid", "relu6", "softsign", "mish"]
+WITH_PARAMETER = ["leakyrelu", "elu", "celu"]       # f(x, a) with a positive parameter
 BINARY = ["add", "sub", "mul", "div", "pow", "maximum", "minimum", "greater", "greater_equal",
           "less", "less_equal", "equal", "xlogy"]
 
@@ -28,8 +30,10 @@ def _inputs(dtype, rng):
 def _program(a, b, row, col, one, pos, c, s, m1, m2, m3, v):
     out = {}
     for name in UNARY:
-        x = pos if name in ("log", "sqrt") else c
+        x = pos if name in ("log", "sqrt") else ops.mul(c, 3.0)
         out[f"u_{name}"] = ops.elementwise(name, x)
+    for name in WITH_PARAMETER:
+        out[f"p_{name}"] = ops.elementwise(name, ops.mul(c, 3.0), 0.7)
     for name in BINARY:
         if name == "pow":
             out["b_pow"] = ops.elementwise("pow", pos, ops.elementwise("abs", c))
@@ -87,13 +91,18 @@ def test_the_numpy_reference_is_numpy(compiled):
     rng = np.random.default_rng(0)
     i = _inputs(dtype, rng)
     tol = tolerance(dtype)
-    np.testing.assert_allclose(reference["u_tanh"], np.tanh(i["c"]), **tol)
-    np.testing.assert_allclose(reference["u_sigmoid"], 1 / (1 + np.exp(-i["c"])), **tol)
+    c3 = i["c"] * 3
+    np.testing.assert_allclose(reference["u_tanh"], np.tanh(c3), **tol)
+    np.testing.assert_allclose(reference["u_sigmoid"], 1 / (1 + np.exp(-c3)), **tol)
+    np.testing.assert_allclose(reference["u_softplus"], np.log1p(np.exp(c3)), **tol)
+    np.testing.assert_allclose(reference["u_relu6"], np.clip(c3, 0, 6), **tol)
+    np.testing.assert_allclose(reference["p_elu"], np.where(c3 > 0, c3, 0.7 * np.expm1(c3)),
+                               **tol)
     np.testing.assert_allclose(reference["bc_sub"], i["col"] - i["row"], **tol)
     np.testing.assert_allclose(reference["sum(0, 2)"], i["c"].sum(axis=(0, 2)), **tol)
     np.testing.assert_allclose(reference["mm_ta"], i["m2"].T @ i["m1"].T, **tol)
     np.testing.assert_allclose(reference["slice"], i["c"][1:3, ::2, 4], **tol)
-    np.testing.assert_array_equal(reference["u_relu"], np.maximum(i["c"], 0))
+    np.testing.assert_array_equal(reference["u_relu"], np.maximum(c3, 0))
 
 
 def test_loops_vectorise(compiled):
@@ -112,7 +121,7 @@ def test_every_primitive_has_every_rule():
 
 
 def test_every_builtin_elementwise_fn_lowers_and_is_checked():
-    checked = set(UNARY) | set(BINARY) | {"where"}
+    checked = set(UNARY) | set(BINARY) | set(WITH_PARAMETER) | {"where"}
     assert set(ew.names()) - {n for n in ew.names() if n.startswith("d")} <= checked
 
 
