@@ -11,11 +11,14 @@ from .compiled import compile  # noqa: F401
 from .data import DataLoader, onecold, onehotbatch  # noqa: F401
 from .errors import GraphfluxError, NonFiniteLoss  # noqa: F401
 from .gradients import gradient, pullback, update, withgradient  # noqa: F401
+from .jit import jit  # noqa: F401
 from .layers import Chain, Dense, glorot_uniform  # noqa: F401
 from .optimise import (AdaBelief, AdaDelta, AdaGrad, AdaMax, Adam, AdamW, AMSGrad,  # noqa: F401
                        ClipNorm, ClipValue, Descent, ExpDecay, InvDecay, Momentum, NAdam,
                        Nesterov, OAdam, Optimiser, RAdam, RMSProp, WeightDecay)
 from .params import Grads, Params, params, trainable  # noqa: F401
-from .training import StepInfo, epochs, skip, stop, throttle, train  # noqa: F401
+from .modelstate import f32, f64, load, loadmodel, save, state  # noqa: F401
+from .training import (OptState, StepInfo, early_stopping, epochs, ncycle,  # noqa: F401
+                       patience, plateau, setup, skip, stop, throttle, train)
 
 __version__ = "0.1.0"

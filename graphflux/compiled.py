@@ -26,36 +26,48 @@ log = logging.getLogger("graphflux")
 _ARTIFACTS = {}   # cache key -> Artifact, for the life of the process
 
 
-def artifact_for(traced, ps, opt=None):
-    """The artifact of a traced loss: from this process, from the disk cache (no AD, passes,
-    sympy or LLVM), or compiled now. The key is computed before differentiation, from the
-    traced graph, the optimiser's description, versions and CPU.
+def cached_artifact(graph, extra, build, seconds, dtype):
+    """The artifact of a traced `graph`: from this process, from the disk cache (no AD,
+    passes, sympy or LLVM), or compiled now from `build()` (the graph to compile). The key is
+    computed before `build` runs, from the traced graph, `extra`, versions and CPU.
     Returns (artifact, "memory" | "disk" | "compiled")."""
-    key = graph_key(traced.graph, optimiser_description(opt))
+    key = graph_key(graph, extra)
     art = _ARTIFACTS.get(key)
     how = "memory"
     if art is None:
-        art = disk_cache().load(key, traced.graph, lambda: step_graph(traced, ps, opt, False),
-                                traced.seconds["trace"])
+        art = disk_cache().load(key, graph, build, seconds["trace"])
         how = "disk"
     if art is None:
-        prepare_libraries(ps[0].dtype if len(ps) else np.float32)
-        stages = {"graph": traced.graph}
+        prepare_libraries(dtype)
+        stages = {"graph": graph}
         try:
-            grad_graph = stages["grad_graph"] = step_graph(traced, ps, opt)
-            art = compile_graph(traced.graph, grad_graph, traced.seconds, key, stages)
+            full = stages["grad_graph"] = build()
+            art = compile_graph(graph, full, seconds, key, stages)
         except Exception as e:
             folder = dump_stages(stages, e)
             if folder is not None:
                 e.add_note(f"GRAPHFLUX_DEBUG: every stage this compile reached is in {folder}")
             raise
+        how = "compiled"
+    _ARTIFACTS[key] = art
+    return art, how
+
+
+def artifact_for(traced, ps, opt=None):
+    """The artifact of a training step (opt given) or of loss and gradients (opt None)."""
+    fresh = []
+
+    def build():
+        fresh.append(True)
+        return step_graph(traced, ps, opt, warn=len(fresh) == 1)
+    art, how = cached_artifact(traced.graph, optimiser_description(opt), build, traced.seconds,
+                               ps[0].dtype if len(ps) else np.float32)
+    if how == "compiled":
         art.stats["unused_params"] = [ps.name(p) for i, p in enumerate(ps)
                                       if not _updated_or_output(art.binary, i, ps, opt)]
-        disk_cache().store(key, art)
-        how = "compiled"
+        disk_cache().store(art.stats["key"], art)
     elif art.stats.get("unused_params"):
         warn_names(art.stats["unused_params"])
-    _ARTIFACTS[key] = art
     return art, how
 
 

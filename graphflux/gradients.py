@@ -9,7 +9,9 @@ from graphflux.runtime.executable import Executable
 from .compiled import artifact_for
 from .eager_step import eager_value_and_grads
 from .optimise import update_eager
-from .params import Grads, Params, as_params
+from .modelstate import state
+from .params import Grads, Params, as_params, params
+from .training import _is_model
 from .tracing import check_params, trace_loss
 
 _EXECUTABLES = {}
@@ -44,12 +46,19 @@ def value_and_grads(f, ps, args=(), mode="compiled"):
 
 def _explicit(args):
     """Explicit style: the arguments go in a list whose array slots `params` records, so
-    tracing puts a tracer in each and `f` sees traced values, as JAX's grad does."""
+    tracing puts a tracer in each and `f` sees traced values, as JAX's grad does; a model
+    argument contributes its trainable arrays, found in their own slots."""
     box = [np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args]
     ps = Params()
     for i, a in enumerate(box):
         if isinstance(a, np.ndarray) and a.dtype.kind == "f":
             ps.add(a, (box, i), f"arg{i}")
+        elif _is_model(a):
+            sub = params(a)
+            for p in sub:
+                ps.add(p, None, f"arg{i}.{sub.name(p)}")
+                for slot in sub.slots[id(p)]:
+                    ps.add(p, slot)
     return ps, box
 
 
@@ -62,7 +71,20 @@ def gradient(f, *args, mode="compiled"):
     arrays = list(box)
     _, grads = value_and_grads(lambda: f(*box), ps, (), mode) if len(ps) else (None, [])
     by_id = {id(p): g for p, g in zip(ps, grads)}
-    return tuple(by_id.get(id(a)) if isinstance(a, np.ndarray) else None for a in arrays)
+    return tuple(by_id.get(id(a)) if isinstance(a, np.ndarray) else
+                 _structure(a, by_id) if _is_model(a) else None for a in arrays)
+
+
+def _structure(model, grads_by_id):
+    """A model's gradient as gf.state's nested dicts: trainable arrays get their gradient,
+    everything else None."""
+    trainable = {id(p) for p in params(model)}
+
+    def walk(tree):
+        return {k: walk(v) if isinstance(v, dict) else
+                (grads_by_id.get(id(v)) if id(v) in trainable else None)
+                for k, v in tree.items()}
+    return walk(state(model))
 
 
 def withgradient(f, ps, mode="compiled"):

@@ -9,8 +9,13 @@ Defaults, formulas and quirks follow Flux (notes/flux-training-api.md b)."""
 import numpy as np
 
 from graphflux.compiler import ops
+from graphflux.compiler.errors import GraphfluxError
 
 EPS = 1e-8
+
+
+class RestoreError(GraphfluxError, KeyError):
+    """A restored optimiser met a parameter it has no state for."""
 
 
 class ParamState:
@@ -50,11 +55,24 @@ class Rule:
         return {name: np.zeros_like(x) for name in self.state_names}
 
     def slot(self, x):
-        """The ParamState of array `x`, created on first use (by identity)."""
+        """The ParamState of array `x`, created on first use (by identity) -- except in an
+        optimiser restored by gf.load, which refuses parameters it has no state for."""
         entry = self._state.get(id(x))
         if entry is None or entry.x is not x:
+            restored = getattr(self, "_restored_from", None)
+            if restored is not None:
+                path, names = restored
+                name = names.get(id(x), f"of shape {x.shape}")
+                raise RestoreError(
+                    f"this optimiser was restored from {path}, which has no state for parameter "
+                    f"{name}; call opt.allow_fresh_state() to start that parameter from fresh "
+                    "state, or load a file saved with it")
             entry = self._state[id(x)] = ParamState(x, self.state_init(x), self.host_init())
         return entry
+
+    def allow_fresh_state(self):
+        """After gf.load, let parameters without restored state start from fresh state."""
+        self._restored_from = None
 
     def __repr__(self):
         hp = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))

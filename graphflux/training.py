@@ -13,8 +13,11 @@ from graphflux.compiler.tracer import TraceContext, current_context
 
 from .compiled import CompiledStep
 from .eager_step import EagerStep
+import numpy as np
+
 from .errors import NonFiniteLoss
-from .params import as_params
+from .params import Params, as_params, params
+from .tracing import check_params
 
 log = logging.getLogger("graphflux")
 
@@ -68,16 +71,39 @@ def _callbacks(cb):
     return [(f, _takes_one_argument(f)) for f in fs]
 
 
-def _step_for(loss, ps, opt, mode):
+def _step_for(loss, ps, opt, mode, model=None):
     """Reuse one step object per (loss, params, optimiser, mode), so calling train once per
-    epoch traces once and the last partial batch compiles once."""
+    epoch traces once and the last partial batch compiles once. With `model` (explicit style)
+    the loss is called as loss(model, *batch)."""
     cache = opt.__dict__.setdefault("_steps", {})
-    key = (id(loss), tuple(map(id, ps)), mode)
+    key = (id(loss), tuple(map(id, ps)), mode, id(model))
     entry = cache.get(key)
     if entry is None or entry[0] is not loss:
-        step = EagerStep(loss, ps, opt) if mode == "eager" else CompiledStep(loss, ps, opt)
+        call = loss if model is None else functools.partial(loss, model)
+        step = EagerStep(call, ps, opt) if mode == "eager" else CompiledStep(call, ps, opt)
         entry = cache[key] = (loss, step)
     return entry[1]
+
+
+class OptState:
+    """What gf.setup returns (Flux 0.14's explicit style): the rule and the model it trains."""
+
+    def __init__(self, rule, model):
+        self.rule, self.model, self.ps = rule, model, params(model)
+
+    def __repr__(self):
+        return f"OptState({self.rule!r}, {len(self.ps)} arrays)"
+
+
+def setup(rule, model):
+    """Optimiser state for `model` (explicit style): use with gf.train(loss, model, data,
+    state), where loss(model, *batch)."""
+    check_params(params(model))
+    return OptState(rule, model)
+
+
+def _is_model(x):
+    return not isinstance(x, (Params, np.ndarray, list, tuple, dict)) and hasattr(x, "__dict__")
 
 
 class _Progress:
@@ -98,9 +124,15 @@ def train(loss, ps, data, opt, *, cb=None, mode="compiled", progress=None):
     """For each item d of data: loss(*d) (or loss(d)), gradient, update, callbacks."""
     if mode not in ("compiled", "eager"):
         raise ValueError(f"mode must be 'compiled' or 'eager', got {mode!r}")
-    ps = as_params(ps)
     callbacks = _callbacks(cb)
-    step = _step_for(loss, ps, opt, mode)
+    if _is_model(ps):          # explicit style: train(loss, model, data, setup(rule, model))
+        state = opt if isinstance(opt, OptState) else setup(opt, ps)
+        step = _step_for(loss, state.ps, state.rule, mode, model=ps)
+    else:
+        if isinstance(opt, OptState):
+            raise TypeError("gf.train(loss, ps, data, opt): an optimiser state from gf.setup "
+                            "goes with a model, gf.train(loss, model, data, state)")
+        step = _step_for(loss, as_params(ps), opt, mode)
     total = len(data) if hasattr(data, "__len__") else None
     bar = _Progress(total, sys.stderr.isatty() if progress is None else bool(progress))
     i, value = -1, None
@@ -176,3 +208,50 @@ def epochs(n):
     for i in range(1, n + 1):
         log.info("Epoch %d", i)
         yield i
+
+
+def ncycle(data, n):
+    """Iterate over `data` n times (IterTools.ncycle)."""
+    for _ in range(n):
+        yield from data
+
+
+def patience(predicate, wait):
+    """A function that returns True once `predicate` (called with the same arguments) has been
+    true `wait` times in a row (Flux.patience)."""
+    count = 0
+
+    def on_trigger(*args, **kwargs):
+        nonlocal count
+        count = count + 1 if predicate(*args, **kwargs) else 0
+        return count >= wait
+    return on_trigger
+
+
+def early_stopping(f, delay, *, distance=lambda best, score: best - score, init_score=0,
+                   min_dist=0):
+    """True once the score f() has not improved (by at least min_dist) `delay` times in a row;
+    `distance(best, score)` (default best - score: lower is better) measures improvement."""
+    best = init_score
+
+    def trigger(*args, **kwargs):
+        nonlocal best
+        score = f(*args, **kwargs)
+        delta = distance(best, score)
+        best = best if delta < 0 else score
+        return delta < min_dist
+    return patience(trigger, delay)
+
+
+def plateau(f, width, *, distance=lambda last, score: last - score, init_score=0,
+            min_dist=1e-6):
+    """True once f() has changed by less than min_dist `width` times in a row."""
+    last = init_score
+
+    def is_plateau(*args, **kwargs):
+        nonlocal last
+        score = f(*args, **kwargs)
+        delta = abs(distance(last, score))
+        last = score
+        return delta < min_dist
+    return patience(is_plateau, width)
