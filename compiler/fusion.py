@@ -26,6 +26,8 @@ def _depends_on(node, group, group_of, nodes):
         if n.id in seen:
             continue
         seen.add(n.id)
+        if n.id in group.members:        # reached through another group's inputs
+            return True
         other = group_of.get(n.id)
         if other is not None and other is not group and id(other) not in seen_groups:
             seen_groups.add(id(other))

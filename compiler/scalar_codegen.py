@@ -110,15 +110,15 @@ def _emit_new(b, e, env, ty, memo, sp):
         return out
     if e.is_Pow:
         base, ex = e.args
-        if ex.is_Integer:
-            n = int(ex)
+        if ex.is_Number and float(ex).is_integer() and abs(float(ex)) < 64:
+            n = int(float(ex))     # x**3.0 (a traced Python float): multiply, never exp(log)
             if n == 0:
                 return _const(ty, 1.0)
             p = _int_power(b, emit(base), abs(n), ty)
             return p if n > 0 else b.fdiv(_const(ty, 1.0), p, flags=FLAGS)
-        if ex == sp.Rational(1, 2):
+        if ex.is_Number and float(ex) == 0.5:
             return tr.call(b, "sqrt", ty, emit(base))
-        if ex == -sp.Rational(1, 2):
+        if ex.is_Number and float(ex) == -0.5:
             return b.fdiv(_const(ty, 1.0), tr.call(b, "sqrt", ty, emit(base)), flags=FLAGS)
         return tr.exp(b, b.fmul(emit(ex), tr.log(b, emit(base), ty), flags=FLAGS), ty)
     if isinstance(e, sp.Piecewise):

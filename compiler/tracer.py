@@ -137,6 +137,7 @@ class TraceContext(Context):
         self.params = {}          # id(array) -> (array, Node)
         self.captured = {}        # id(array) -> (array, Node)
         self.inputs = []          # input nodes in creation order
+        self.updates = []         # (input node, new value node): state written by the step
         for i, (arr, name) in enumerate(params or []):
             self.add_param(arr, name, ("param", i))
 
@@ -153,6 +154,12 @@ class TraceContext(Context):
         node = Node("scalar", (), {"name": name, "ref": ref}, (), dtype)
         self.inputs.append(node)
         return SymbolicTracer(node, self)
+
+    def add_update(self, array, value):
+        """Write `value` into `array` (running statistics) as part of the step -- after the
+        loss is known to be finite."""
+        self.updates.append((self.lift(array).node, self.lift(value).node
+                             if not isinstance(value, Tracer) else value.node))
 
     def add_param(self, arr, name, ref):
         t = self.new_input(arr.shape, arr.dtype, name, "param", ref)

@@ -15,6 +15,7 @@ from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
 from graphflux.runtime.interpreter import first_nonfinite
 
+from . import modes
 from .eager_step import EagerStep
 from .errors import NonFiniteLoss
 from .params import Grads, as_params, get_slot, warn_names
@@ -145,6 +146,7 @@ class CompiledStep:
     def __init__(self, loss, ps, opt=None):
         self.loss, self.ps, self.opt = loss, as_params(ps), opt
         self.dtype = check_params(self.ps)
+        self._mode_epoch = modes.EPOCH[0]
         self._entries = {}      # signature after casts -> _Entry
         self._seen = {}         # raw argument key -> (_Entry, whether arguments need casting)
         self._last = None
@@ -175,6 +177,10 @@ class CompiledStep:
         return entry
 
     def __call__(self, *batch):
+        if self._mode_epoch != modes.EPOCH[0]:      # gf.trainmode/testmode changed a layer
+            self._mode_epoch = modes.EPOCH[0]
+            self._entries.clear()
+            self._seen.clear()
         key = tuple((a.shape, a.dtype.char, a.flags.c_contiguous) if type(a) is np.ndarray
                     else ("value", repr(a)) for a in batch)
         hit = self._seen.get(key)

@@ -5,6 +5,7 @@ import numpy as np
 from graphflux.runtime.eager import EagerContext, EagerTensor, backward
 
 from .errors import NonFiniteLoss
+from .modes import training
 from .optimise import update_eager
 from .params import Grads, as_params, warn_unused
 from .signature import check_batch
@@ -14,13 +15,15 @@ from .tracing import check_params, installed
 def eager_value_and_grads(f, ps, args=(), warn=True):
     """(loss value as float, list of gradient arrays or None) of `f(*args)` over params `ps`."""
     ctx = EagerContext(ps)
-    with installed(ps, [ctx.leaf(p) for p in ps]), ctx:
+    with installed(ps, [ctx.leaf(p) for p in ps]), ctx, training():
         out = f(*args)
     grads = backward(ctx, out, list(ps))
     if warn:
         warn_unused(ps, grads)
-    value = out.value if isinstance(out, EagerTensor) else np.asarray(out)
-    return float(np.asarray(value).reshape(())), grads
+    value = float(np.asarray(out.value if isinstance(out, EagerTensor) else out).reshape(()))
+    if np.isfinite(value):
+        ctx.apply_updates()           # running statistics, as the native step writes them
+    return value, grads
 
 
 class EagerStep:

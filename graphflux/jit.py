@@ -13,6 +13,7 @@ from graphflux.compiler.tracer import TraceContext, Tracer
 from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
 
+from . import modes
 from .compiled import cached_artifact
 from .signature import describe_change, signature
 
@@ -24,6 +25,7 @@ class Jitted:
         self.f = f
         self._entries = {}
         self._last = None
+        self._mode_epoch = modes.EPOCH[0]
 
     def lower(self, *args):
         """Compile (or fetch) the artifact for these arguments' signature; nothing runs."""
@@ -31,6 +33,9 @@ class Jitted:
 
     def _entry(self, args):
         args = tuple(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args)
+        if self._mode_epoch != modes.EPOCH[0]:
+            self._mode_epoch = modes.EPOCH[0]
+            self._entries.clear()
         sig = signature(args)
         entry = self._entries.get(sig)
         if entry is None:

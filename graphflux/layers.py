@@ -4,10 +4,12 @@ import warnings
 
 import numpy as np
 
+from graphflux.compiler import ops
 from graphflux.compiler.ops import matmul
 from graphflux.compiler.tracer import Tracer
 
 from .activations import identity
+from .modes import is_active, write_state
 
 _default_rng = np.random.default_rng()
 
@@ -86,3 +88,62 @@ class Dense:
         act = "" if self.σ is identity else f", {name}"
         shape = self.weight.shape if not isinstance(self.weight, Tracer) else self.weight.shape
         return f"Dense({shape[1]}, {shape[0]}{act})"
+
+
+class LayerNorm:
+    """(x - mean) / (std + eps) over the last axis (uncorrected std, eps added to it, as in
+    Flux), then a learned scale and shift."""
+
+    def __init__(self, n, σ=identity, *, eps=1e-5, affine=True):
+        self.scale = np.ones(n, dtype=np.float32) if affine else None
+        self.bias = np.zeros(n, dtype=np.float32) if affine else None
+        self.σ, self.eps = σ, eps
+
+    def __call__(self, x):
+        mu = ops.mean(x, -1, keepdims=True)
+        centred = ops.sub(x, mu)
+        std = ops.sqrt(ops.mean(ops.square(centred), -1, keepdims=True))
+        y = ops.div(centred, ops.add(std, self.eps))
+        if self.scale is not None:
+            y = ops.add(ops.mul(y, self.scale), self.bias)
+        return self.σ(y)
+
+    def __repr__(self):
+        return f"LayerNorm({self.scale.shape[0] if self.scale is not None else '?'})"
+
+
+class BatchNorm:
+    """Normalise each feature (last axis) over the batch; trainable `beta`, `gamma`; running
+    `mean`, `var` (not trainable) updated by training steps and used in test mode."""
+
+    def __init__(self, n, σ=identity, *, momentum=0.1, eps=1e-5, affine=True):
+        self.beta = np.zeros(n, dtype=np.float32) if affine else None
+        self.gamma = np.ones(n, dtype=np.float32) if affine else None
+        self.mean = np.zeros(n, dtype=np.float32)
+        self.var = np.ones(n, dtype=np.float32)
+        self.σ, self.momentum, self.eps = σ, momentum, eps
+        self.active = None
+
+    def trainable(self):
+        return {} if self.beta is None else {"beta": self.beta, "gamma": self.gamma}
+
+    def __call__(self, x):
+        axes = tuple(range(len(x.shape) - 1))
+        if is_active(self):
+            mu = ops.mean(x, axes)
+            var = ops.mean(ops.square(ops.sub(x, mu)), axes)
+            k = int(np.prod([x.shape[a] for a in axes]))
+            m = self.momentum
+            write_state(self.mean, ops.add(ops.mul(self.mean, 1 - m),
+                                           ops.mul(ops.stop_gradient(mu), m)))
+            write_state(self.var, ops.add(ops.mul(self.var, 1 - m),
+                                          ops.mul(ops.stop_gradient(var), m * k / max(k - 1, 1))))
+        else:
+            mu, var = self.mean, self.var
+        y = ops.div(ops.sub(x, mu), ops.sqrt(ops.add(var, self.eps)))
+        if self.gamma is not None:
+            y = ops.add(ops.mul(y, self.gamma), self.beta)
+        return self.σ(y)
+
+    def __repr__(self):
+        return f"BatchNorm({self.mean.shape[0]})"

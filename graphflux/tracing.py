@@ -15,6 +15,7 @@ from graphflux.compiler.errors import GraphfluxError, TraceError
 from graphflux.compiler.graph import Graph
 from graphflux.compiler.tracer import Tracer, TraceContext
 
+from .modes import training
 from .params import get_slot, set_slot, warn_unused
 
 
@@ -90,9 +91,9 @@ def trace_loss(loss, ps, batch):
     pnodes = [ctx.add_param(p, ps.name(p), ("param", i)).node for i, p in enumerate(ps)]
     args = [ctx.new_input(a.shape, a.dtype, f"x{i}", "data", ("data", i))
             if isinstance(a, np.ndarray) else a for i, a in enumerate(batch)]
-    with installed(ps, [ctx.wrap(n) for n in pnodes]), ctx:
+    with installed(ps, [ctx.wrap(n) for n in pnodes]), ctx, training():
         loss_node = _as_loss_node(loss(*args), ctx)
-    graph = Graph(list(ctx.inputs), [("loss", loss_node)], name="loss")
+    graph = Graph(list(ctx.inputs), [("loss", loss_node)], list(ctx.updates), name="loss")
     return TracedLoss(ctx, graph, loss_node, pnodes, {"trace": time.perf_counter() - t0})
 
 
@@ -107,7 +108,7 @@ def step_graph(traced, ps, opt=None, warn=True):
     glist = [grads[n.id] for n in traced.pnodes]
     if warn:
         warn_unused(ps, glist)
-    outputs, updates = [("loss", loss_node)], []
+    outputs, updates = [("loss", loss_node)], list(ctx.updates)
     for i, (p, pn, g) in enumerate(zip(ps, traced.pnodes, glist)):
         if g is None:
             continue

@@ -37,9 +37,17 @@ class EagerTensor(Tracer):
 class EagerContext(Context):
     def __init__(self, arrays):
         self.tape = []
+        self.updates = []    # (array, new value), applied by the caller once the loss is finite
         self.leaves = {}
         for a in arrays:
             self.leaves[id(a)] = (a, EagerTensor(a, None, (), (), {}, self))
+
+    def add_update(self, array, value):
+        self.updates.append((array, value.value if isinstance(value, EagerTensor) else value))
+
+    def apply_updates(self):
+        for array, value in self.updates:
+            np.copyto(array, value)
 
     def leaf(self, array):
         return self.leaves[id(array)][1]
