@@ -232,7 +232,7 @@ def mean(x, axis=None, keepdims=False):
 
 def _as_float(x):
     if not _is_tensor(x):
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x) if isinstance(x, np.generic) else np.asarray(x, dtype=np.float64)
     if x.dtype.kind != "f":
         return cast(x, np.float32 if x.dtype.itemsize <= 4 else np.float64)
     return x

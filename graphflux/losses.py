@@ -6,7 +6,7 @@ import numbers
 import numpy as np
 
 from graphflux.compiler import ops
-from graphflux.compiler.errors import ShapeError
+from graphflux.compiler.errors import GraphfluxError, ShapeError
 from graphflux.compiler.source import user_source_line
 
 from .activations import logsigmoid, logsoftmax
@@ -14,9 +14,17 @@ from .activations import logsigmoid, logsoftmax
 mean = ops.mean
 
 
+class LossArgumentError(GraphfluxError, ValueError):
+    """A loss hyperparameter outside its range."""
+
+
+class AggError(GraphfluxError, TypeError):
+    """`agg` is not a function."""
+
+
 def _check_agg(agg):
     if not callable(agg):
-        raise TypeError(f"agg must be a callable such as gf.mean or gf.sum, got {agg!r} "
+        raise AggError(f"agg must be a callable such as gf.mean or gf.sum, got {agg!r} "
                         "(a string like 'mean' is not accepted)")
 
 
@@ -85,7 +93,7 @@ def huber_loss(ŷ, y, *, agg=mean, delta=1.0):
 def label_smoothing(y, α, *, axis=-1):
     """y (1 - α) + α / k for k classes along `axis`; `axis=None` for binary labels (α / 2)."""
     if not 0 < α < 1:
-        raise ValueError(f"label_smoothing needs 0 < α < 1, got α = {α}")
+        raise LossArgumentError(f"label_smoothing needs 0 < α < 1, got α = {α}")
     k = 2 if axis is None else _shape(y)[axis]
     return ops.add(ops.mul(y, 1 - α), α / k)
 
@@ -184,7 +192,7 @@ def siamese_contrastive_loss(ŷ, y, *, agg=mean, margin=1.0):
     """agg((1 - y) ŷ^2 + y max(0, margin - ŷ)^2)."""
     _start(ŷ, y, agg, "siamese_contrastive_loss")
     if margin < 0:
-        raise ValueError(f"siamese_contrastive_loss needs margin >= 0, got {margin}")
+        raise LossArgumentError(f"siamese_contrastive_loss needs margin >= 0, got {margin}")
     near = ops.mul(ops.sub(1.0, y), ops.square(ŷ))
     far = ops.mul(y, ops.square(ops.relu(ops.sub(margin, ŷ))))
     return agg(ops.add(near, far))
