@@ -104,6 +104,7 @@ VJP_RULES = {
     "slice": _vjp_slice,
     "unslice": _vjp_unslice,
     "stop_gradient": _vjp_stop_gradient,
+    "random": _vjp_stop_gradient,
 }
 
 

@@ -13,7 +13,7 @@ from llvmlite import ir
 from . import transcendental as tr
 from .loops import I64, for_range, gep, i64
 from .matmul import declare_gemm
-from .plan import GemmKernel
+from .plan import GemmKernel, RandomKernel
 from .scalar_codegen import emit_expressions
 
 PTR = ir.PointerType()
@@ -130,6 +130,39 @@ def emit_loop_kernel(module, kern):
     return fn, buffers
 
 
+MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def emit_random_kernel(module, kern):
+    """out[i] = 24 bits of splitmix64's finaliser over (key, counter, i), as a float in [0, 1)
+    -- the same bits runtime.numpy_impls.random computes."""
+    ty = llvm_type(kern.out.dtype)
+    buffers = _distinct_buffers([kern.counter, kern.out])
+    fn = _kernel_function(module, kern.name, buffers)
+    arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    cty = llvm_type(kern.counter.dtype)
+    raw = b.load(gep(b, arg[id(kern.counter.buffer)], kern.counter.offset, cty), typ=cty)
+    counter = b.fptosi(raw, I64) if np.dtype(kern.counter.dtype).kind == "f" else raw
+    c1, c2, c3 = (ir.Constant(I64, m - 2 ** 64 if m >= 2 ** 63 else m) for m in MIX)
+    base = b.add(b.mul(i64(kern.key % 2 ** 64 - (2 ** 64 if kern.key % 2 ** 64 >= 2 ** 63
+                                                  else 0)), c1), b.mul(counter, c2))
+    scale = ir.Constant(ty, 2.0 ** -24)
+
+    def body(i):
+        z = b.add(base, b.mul(i, c3))
+        z = b.mul(b.xor(z, b.lshr(z, i64(30))), c2)
+        z = b.mul(b.xor(z, b.lshr(z, i64(27))), c3)
+        z = b.xor(z, b.lshr(z, i64(31)))
+        u = b.fmul(b.uitofp(b.lshr(z, i64(40)), ty), scale)
+        b.store(u, gep(b, arg[id(kern.out.buffer)], b.add(i, i64(kern.out.offset)), ty))
+    count = int(np.prod(kern.out.shape, dtype=np.int64))
+    if count:
+        for_range(b, 0, count, body, name="r")
+    b.ret_void()
+    return fn, buffers
+
+
 def lower(plan, step_name, vector_width):
     """The LLVM module (llvmlite.ir) of a Plan, exporting `step_name`."""
     module = ir.Module(name=step_name)
@@ -164,7 +197,8 @@ def lower(plan, step_name, vector_width):
                    + [i64(v) for v in (kern.m, kern.n, kern.k)]
                    + [i64(v) for v in kern.a.strides + kern.b.strides])
         else:
-            fn, buffers = emit_loop_kernel(module, kern)
+            emit = emit_random_kernel if isinstance(kern, RandomKernel) else emit_loop_kernel
+            fn, buffers = emit(module, kern)
             b.call(fn, [base(buf) for buf in buffers])
 
     for kern in plan.kernels:

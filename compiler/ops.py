@@ -95,6 +95,10 @@ def _rule_unslice(ins, attrs, src):
     return attrs["shape"], ins[0].dtype
 
 
+def _rule_random(ins, attrs, src):
+    return attrs["shape"], np.dtype(attrs["dtype"])
+
+
 def _rule_same(ins, attrs, src):
     return ins[0].shape, ins[0].dtype
 
@@ -111,6 +115,7 @@ SHAPE_RULES = {
     "slice": _rule_slice,
     "unslice": _rule_unslice,
     "stop_gradient": _rule_same,
+    "random": _rule_random,
 }
 PRIMITIVES = tuple(SHAPE_RULES)
 
@@ -283,6 +288,14 @@ def broadcast_to(x, shape):
 
 def stop_gradient(x):
     return bind("stop_gradient", (x,), {})
+
+
+def random_uniform(counter, shape, key, dtype=np.float32):
+    """Uniform numbers in [0, 1) with 24 random bits each, a pure function of (key, counter,
+    element index): counter-based, so native code and numpy draw the same bits, and a step
+    that passes a new counter draws new ones without recompiling."""
+    return bind("random", (counter,), {"shape": tuple(int(s) for s in shape), "key": int(key),
+                                       "dtype": np.dtype(dtype).str})
 
 
 def sum_to_shape(g, shape):

@@ -91,6 +91,16 @@ class GemmKernel:
 
 
 @dataclass
+class RandomKernel:
+    """Counter-based uniform numbers (ops.random_uniform) written densely into `out`."""
+    name: str
+    out: Layout
+    counter: Layout
+    key: int
+    nodes: list = field(default_factory=list)
+
+
+@dataclass
 class Plan:
     kernels: list            # compute kernels in order
     update_kernels: list     # copies into parameters/state, run only when the loss is finite
@@ -251,6 +261,11 @@ class Planner:
             self._gemm(node)
         elif op == "unslice":
             self._unslice(node)
+        elif op == "random":
+            out = self._materialised(node, self._new_buffer(node))
+            self.kernels.append(RandomKernel(f"random{len(self.kernels)}", out,
+                                             self.layout(node.inputs[0]), node.attrs["key"],
+                                             [node]))
         else:
             raise CompileError(f"no lowering for op {op} (at {node.source})")
 
@@ -443,6 +458,8 @@ class Planner:
 def _kernel_layouts(kern):
     if isinstance(kern, GemmKernel):
         return [kern.a, kern.b, kern.out]
+    if isinstance(kern, RandomKernel):
+        return [kern.counter, kern.out]
     return [lay for lay, _ in kern.inputs] + [lay for lay, _, _ in kern.outputs]
 
 

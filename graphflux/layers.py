@@ -147,3 +147,34 @@ class BatchNorm:
 
     def __repr__(self):
         return f"BatchNorm({self.mean.shape[0]})"
+
+
+class Dropout:
+    """Zero each element with probability p and scale the rest by 1/(1 - p), when active.
+    The mask comes from a counter-based generator: `key` (from `seed`) and `counter`, which
+    every training step advances (inside the native step, like running statistics), so the
+    mask changes each step, is reproducible from the seed, and eager mode draws the same bits."""
+
+    def __init__(self, p, *, seed=None):
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout probability must be in [0, 1], got {p}")
+        self.p = p
+        self.key = int(as_rng(seed).integers(0, 2 ** 62)) if not isinstance(seed, int) \
+            else seed
+        self.counter = np.zeros((), dtype=np.float64)
+        self.active = None
+
+    def trainable(self):
+        return {}
+
+    def __call__(self, x):
+        if not is_active(self) or self.p == 0:
+            return x
+        u = ops.random_uniform(self.counter, x.shape, self.key, x.dtype)
+        write_state(self.counter, ops.add(self.counter, 1.0))
+        keep = ops.elementwise("greater_equal", u, self.p)
+        scale = 0.0 if self.p == 1 else 1.0 / (1.0 - self.p)   # p = 1 gives exact zeros
+        return ops.where(keep, ops.mul(x, scale), 0.0)
+
+    def __repr__(self):
+        return f"Dropout({self.p})"

@@ -67,6 +67,25 @@ def broadcast(x, shape):
     return out
 
 
+_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def random(counter, shape, key, dtype):
+    """The counter-based generator of ops.random_uniform (splitmix64's finaliser over key,
+    counter and element index), bit for bit as the native kernel computes it."""
+    n = int(np.prod(shape, dtype=np.int64))
+    c1, c2, c3 = (np.uint64(m) for m in _MIX)
+    with np.errstate(over="ignore"):
+        i = np.arange(n, dtype=np.uint64)
+        z = np.uint64(key % 2 ** 64) * c1 + np.uint64(int(np.asarray(counter)) % 2 ** 64) * c2 \
+            + i * c3
+        z = (z ^ (z >> np.uint64(30))) * c2
+        z = (z ^ (z >> np.uint64(27))) * c3
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(40)).astype(np.float64) * 2.0 ** -24
+    return u.astype(dtype).reshape(shape)
+
+
 def _slices(starts, stops, steps):
     return tuple(slice(a, b, c) for a, b, c in zip(starts, stops, steps))
 
@@ -90,6 +109,7 @@ IMPLS = {
     "slice": lambda x, starts, stops, steps: x[_slices(starts, stops, steps)],
     "unslice": unslice,
     "stop_gradient": lambda x: x,
+    "random": random,
 }
 
 ops.NUMPY_IMPLS.update(IMPLS)

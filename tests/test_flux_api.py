@@ -244,3 +244,51 @@ def test_ncycle_patience_early_stopping_plateau():
     values = iter([1.0, 1.0 + 1e-8, 1.0, 5.0, 5.0])
     flat = gf.plateau(lambda: next(values), 2, init_score=0.0)
     assert [flat() for _ in range(5)] == [False, False, True, False, False]
+
+
+def _dropout_losses(mode, p, seed, steps=3):
+    d = gf.Dropout(p, seed=seed)
+    holder = {"w": np.ones(50, np.float32)}
+    x = np.ones((64, 50), np.float32)
+    step = gf.compile(lambda x: gf.sum(d(x * holder["w"])), gf.params(holder), gf.Descent(0.0),
+                      mode=mode)
+    return [step(x) for _ in range(steps)], d
+
+
+@pytest.mark.parametrize("p", [0.3, 1.0])
+def test_dropout_masks_match_between_modes_and_the_generator(p):
+    from graphflux.runtime.numpy_impls import random
+    compiled, d = _dropout_losses("compiled", p, 11)
+    eager, _ = _dropout_losses("eager", p, 11)
+    expected = []
+    for counter in range(3):
+        u = random(np.array(float(counter)), (64, 50), 11, np.float32)
+        kept = u >= p
+        expected.append(float(kept.sum()) * (0.0 if p == 1 else 1 / (1 - p)))
+    np.testing.assert_allclose(compiled, expected, rtol=1e-5)
+    np.testing.assert_allclose(eager, expected, rtol=1e-5)
+    assert float(d.counter) == 3
+    if p == 1:
+        assert compiled == [0.0, 0.0, 0.0]
+    else:
+        assert len(set(compiled)) == 3                 # a new mask every step
+        assert abs(expected[0] / (64 * 50) - 1) < 0.05  # keeps ~70%, scaled by 1/0.7
+
+
+def test_dropout_is_reproducible_from_its_seed_and_off_in_plain_calls():
+    assert _dropout_losses("compiled", 0.5, 3)[0] == _dropout_losses("compiled", 0.5, 3)[0]
+    assert _dropout_losses("compiled", 0.5, 3)[0] != _dropout_losses("compiled", 0.5, 4)[0]
+    d = gf.Dropout(0.5, seed=1)
+    x = np.ones((4, 3), np.float32)
+    np.testing.assert_array_equal(d(x), x)
+    gf.trainmode(d)
+    assert np.count_nonzero(d(x)) < x.size and float(d.counter) == 1
+    assert gf.params(gf.Chain(gf.Dense(3, 2), d)).__len__() == 2
+
+
+def test_random_bits_are_uniform():
+    from graphflux.runtime.numpy_impls import random
+    u = random(np.array(5.0), (100000,), 123, np.float64)
+    assert 0 <= u.min() and u.max() < 1
+    counts, _ = np.histogram(u, bins=10, range=(0, 1))
+    assert np.all(np.abs(counts - 10000) < 500)       # ~5 sigma for a binomial(1e5, 0.1)
