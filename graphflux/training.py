@@ -107,17 +107,25 @@ def _is_model(x):
 
 
 class _Progress:
-    def __init__(self, total, enabled):
-        self.total, self.enabled, self.last = total, enabled, 0.0
+    """A one-line progress bar with the running (exponentially averaged) loss, on stderr."""
+
+    def __init__(self, total, enabled, stream=None):
+        self.total, self.enabled, self.last, self.avg = total, enabled, 0.0, None
+        self.stream = stream or sys.stderr
 
     def show(self, i, loss, final=False):
+        self.avg = loss if self.avg is None else 0.9 * self.avg + 0.1 * loss
         now = time.perf_counter()
         if not self.enabled or (not final and now - self.last < 0.1):
             return
         self.last = now
-        total = f"/{self.total}" if self.total else ""
-        sys.stderr.write(f"\r  step {i + 1}{total}  loss {loss:.6g}" + ("\n" if final else ""))
-        sys.stderr.flush()
+        if self.total:
+            filled = int(20 * (i + 1) / self.total)
+            bar = f"[{'#' * filled}{'.' * (20 - filled)}] {i + 1}/{self.total}"
+        else:
+            bar = f"step {i + 1}"
+        self.stream.write(f"\r{bar}  loss {self.avg:.4g}" + ("\n" if final else ""))
+        self.stream.flush()
 
 
 def train(loss, ps, data, opt, *, cb=None, mode="compiled", progress=None):
