@@ -40,7 +40,7 @@ def torch_step(spec, model):
                 else torch.nn.functional.cross_entropy(out, y))
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
     return step
 
 
