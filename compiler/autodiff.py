@@ -43,7 +43,6 @@ def _vjp_reduce_sum(g, out, ins, attrs, need):
     return [ops.broadcast_to(ops.reshape(g, _keepdims_shape(x, attrs["axes"])), x.shape)]
 
 
-
 def _vjp_reduce_max(g, out, ins, attrs, need):
     """Ties share the cotangent equally, as in JAX and PyTorch's amax."""
     x = ins[0]

@@ -15,11 +15,6 @@ MC = 72
 NC = {True: 256, False: 128}     # by "is float32": a packed B block stays within L2
 
 
-def vector_width(features, itemsize):
-    bits = 512 if "+avx512f" in features else 256 if "+avx" in features else 128
-    return bits // (8 * itemsize)
-
-
 def _fma(module, vty):
     name = f"llvm.fma.v{vty.count}{'f64' if isinstance(vty.element, ir.DoubleType) else 'f32'}"
     if name in module.globals:
@@ -269,7 +264,6 @@ def _pack_sizes_ir(b, M, N, K, vw, is_f32):
 
 def _define_gemm(module, name, ty, vw):
     nr = 2 * vw
-    is_f32 = isinstance(ty, ir.FloatType)
     mc_cap = MC
     uk = _micro_kernel(module, name + ".uk", ty, vw)
     fn = ir.Function(module, _serial_type(), name=name)

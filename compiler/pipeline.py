@@ -126,9 +126,7 @@ def compile_graph(graph, grad_graph, seconds, key=None, stages=None):
                      for kind, name in plan.ext_slots if kind == "output"],
                     plan.constants, plan.arena_bytes,
                     {threads_symbol(ty, w): stats["threads"] for ty, w in _library_types()})
-    art = Artifact(binary, graph, ir_text, opt_text, stats, (grad_graph, optimized))
-    art.plan = plan
-    return art
+    return Artifact(binary, graph, ir_text, opt_text, stats, (grad_graph, optimized))
 
 
 _TYPES = ((np.dtype(np.float32), ir.FloatType()), (np.dtype(np.float64), ir.DoubleType()))

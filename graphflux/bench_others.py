@@ -4,7 +4,6 @@ not installed. Both start from the graphflux model's own weights and use the sam
 (Flux's Adam is PyTorch's and optax's: eps added after the square root)."""
 import os
 
-import numpy as np
 
 
 def _layers(model):

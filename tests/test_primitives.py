@@ -6,7 +6,6 @@ import pytest
 from graphflux.compiler import elementwise as ew
 from graphflux.compiler import ops
 from graphflux.compiler.autodiff import VJP_RULES
-from graphflux.compiler.lower import lower  # noqa: F401  (the lowering exists)
 from graphflux.compiler.plan import VIEW_OPS
 from graphflux.runtime.numpy_impls import IMPLS
 from helpers import run_both, tolerance, trace_outputs
