@@ -1,5 +1,7 @@
 """Eager mode behind the same interfaces: the loss runs op by op on numpy with a tape, the
 gradient comes from the tape, the optimiser rule runs on arrays."""
+import gc
+
 import numpy as np
 
 from graphflux.runtime.eager import EagerContext, EagerTensor, backward
@@ -15,14 +17,22 @@ from .tracing import check_params, installed
 def eager_value_and_grads(f, ps, args=(), warn=True):
     """(loss value as float, list of gradient arrays or None) of `f(*args)` over params `ps`."""
     ctx = EagerContext(ps)
-    with installed(ps, [ctx.leaf(p) for p in ps]), ctx, training():
-        out = f(*args)
-    grads = backward(ctx, out, list(ps))
+    collecting = gc.isenabled()
+    gc.disable()        # a step allocates thousands of short-lived objects; the tape is
+    try:                # released explicitly below, so cyclic collection adds only cost
+        with installed(ps, [ctx.leaf(p) for p in ps]), ctx, training():
+            out = f(*args)
+        grads = backward(ctx, out, list(ps))
+        value = float(np.asarray(out.value if isinstance(out, EagerTensor) else out)
+                      .reshape(()))
+        if np.isfinite(value):
+            ctx.apply_updates()           # running statistics, as the native step writes them
+    finally:
+        ctx.release()
+        if collecting:
+            gc.enable()
     if warn:
         warn_unused(ps, grads)
-    value = float(np.asarray(out.value if isinstance(out, EagerTensor) else out).reshape(()))
-    if np.isfinite(value):
-        ctx.apply_updates()           # running statistics, as the native step writes them
     return value, grads
 
 

@@ -69,18 +69,26 @@ class EagerContext(Context):
         return None
 
     def record(self, op, args, attrs):
+        leaves = self.leaves
         vals, parents, tracked = [], [], False
         for a in args:
-            if type(a) is np.ndarray:
-                t = self.lift(a)
-                a = t if t is not None else a
-            if isinstance(a, EagerTensor):
+            cls = type(a)
+            if cls is EagerTensor:
                 vals.append(a.value)
                 parents.append(a)
                 tracked = True
-            else:
-                vals.append(a)
-                parents.append(None)
+                continue
+            if cls is np.ndarray:
+                entry = leaves.get(id(a))
+                if entry is not None:
+                    vals.append(a)
+                    parents.append(entry[1])
+                    tracked = True
+                    continue
+                if a.base is not None:
+                    self.lift(a)            # refuses a numpy view of a parameter
+            vals.append(a)
+            parents.append(None)
         try:
             fast = NUMPY_ELEMENTWISE.get(attrs["fn"]) if op == "elementwise" else None
             value = fast(*vals) if fast is not None else IMPLS[op](*vals, **attrs)
@@ -95,6 +103,12 @@ class EagerContext(Context):
         t = EagerTensor(value, op, vals, parents, attrs, self)
         self.tape.append(t)
         return t
+
+    def release(self):
+        """Drop the tape (it and the tensors refer to each other, so without this only the
+        cyclic garbage collector would free a step's arrays)."""
+        self.tape.clear()
+        self.leaves.clear()
 
 
 def backward(ctx, loss, wrt):
