@@ -135,6 +135,7 @@ class Planner:
         self.flops = 0
         self.arena_buffers = []
         self.output_buffers = {}
+        self.written_in_place = set()        # update values a moved loop writes directly
         self.vector_width = vector_width     # dtype -> SIMD lanes, sizes the GEMM packing
         self.threads = threads               # GEMM threads: one packing share each
 
@@ -193,14 +194,52 @@ class Planner:
         loss_layout = None
         if loss is not None:
             loss_layout = Layout(self.output_buffers["loss"], 0, (), (), loss.dtype)
-        updates = []
+        updates = self._updates_in_place(g.updates)
         for target, value in g.updates:
-            dst = self.layout(target)
-            updates.append(self._copy_kernel(self.layout(value), dst,
-                                             f"update_{target.attrs.get('name', target.id)}"))
+            if value.id not in self.written_in_place:
+                updates.append(self._copy_kernel(self.layout(value), self.layout(target),
+                                                 f"update_{target.attrs.get('name', target.id)}"))
         arena = self._assign_arena(self.kernels + updates)
         return Plan(self.kernels, updates, self.ext_slots, self.scalar_refs, self.constants,
                     arena, loss_layout, self.flops)
+
+    def _updates_in_place(self, updates):
+        """Move loops whose only results are new values of parameters or state (the optimiser
+        update) after the loss check, writing straight into those arrays instead of the arena
+        and a copy. Safe when nothing else reads the loop's results and the loop reads each old
+        value at the very element it writes (same layout), never elsewhere."""
+        target_of = {v.id: t for t, v in updates}
+        read = {}
+        for k in self.kernels:
+            for lay in _kernel_inputs(k):
+                read.setdefault(id(lay.buffer), []).append(k)
+        moved = []
+        for k in list(self.kernels):
+            if not isinstance(k, LoopKernel) or not k.outputs:
+                continue
+            values = [n for n in k.nodes if n.id in target_of and n.id in self.layouts]
+            outs = {id(lay.buffer) for lay, _, _ in k.outputs}
+            if len(values) != len(k.outputs) or any(read.get(b) for b in outs):
+                continue
+            plan, ok = [], True
+            for n in values:
+                dst = self.layout(target_of[n.id])
+                same = Layout(dst.buffer, dst.offset, _broadcast_strides(dst, k.shape), k.shape,
+                              dst.dtype)
+                ok &= dst.is_contiguous() and dst.shape == k.shape and dst.dtype == n.dtype
+                ok &= all(lay == same for lay, _ in k.inputs if lay.buffer is dst.buffer)
+                ok &= not any(other is not k for other in read.get(id(dst.buffer), [])
+                              if other in moved)
+                plan.append((n, same))
+            if not ok:
+                continue
+            by_buffer = {id(self.layout(n).buffer): same for n, same in plan}
+            k.outputs = [(by_buffer[id(lay.buffer)], e, mode) for lay, e, mode in k.outputs]
+            for n, _ in plan:
+                self.written_in_place.add(n.id)
+            self.kernels.remove(k)
+            moved.append(k)
+        return moved
 
     def _units(self):
         """Kernel-level schedule: fused groups as one unit each, in dependency order."""
@@ -453,6 +492,14 @@ class Planner:
                     merged.append((off, size))
             free[:] = merged
         return top
+
+
+def _kernel_inputs(kern):
+    if isinstance(kern, GemmKernel):
+        return [kern.a, kern.b]
+    if isinstance(kern, RandomKernel):
+        return [kern.counter]
+    return [lay for lay, _ in kern.inputs]
 
 
 def _kernel_layouts(kern):

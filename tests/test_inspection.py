@@ -128,3 +128,16 @@ def test_graphflux_debug_dumps_the_stages_of_a_failing_compile(monkeypatch):
     assert os.path.isdir(folder)
     assert {"graph.txt", "grad_graph.txt", "error.txt"} <= set(os.listdir(folder))
     assert "test_inspection.py:" in open(os.path.join(folder, "graph.txt")).read()
+
+
+def test_optimiser_updates_write_in_place_after_the_loss_check():
+    """The Adam update loop of each parameter writes the parameter and its moments directly
+    (no arena copy kernels), and runs after the loss check."""
+    w = {"w": np.ones((3, 4), np.float32), "b": np.zeros(4, np.float32)}
+    step = gf.compile(lambda x: gf.sum(gf.tanh(gf.matmul(x, w["w"]) + w["b"])), gf.params(w),
+                      gf.Adam())
+    art = step.lower(np.ones((2, 3), np.float32))
+    ir = art.llvm_ir
+    assert "update_" not in ir                         # no copy kernels
+    check = ir.index("nonfinite")
+    assert ir.index('call void @"k', check) > check    # update loops come after the check
