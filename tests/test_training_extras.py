@@ -103,3 +103,15 @@ def test_onehot_labels_outside_classes_are_refused():
     with pytest.raises(gf.GraphfluxError, match="'z'"):
         gf.onehotbatch(["a", "z"], ["a", "b"])
     assert list(gf.onecold(np.array([[0.1, 0.9], [0.8, 0.2]]), ["a", "b"])) == ["b", "a"]
+
+
+def test_float32_dense_converts_float64_input_with_one_warning():
+    d = gf.Dense(3, 2)
+    x = np.ones((4, 3))
+    with pytest.warns(UserWarning, match="converting the input"):
+        y = d(x)
+    assert y.dtype == np.float32
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d(x)                                   # only once per layer
