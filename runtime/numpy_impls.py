@@ -27,12 +27,15 @@ def elementwise_function(name):
         args = [f"a{i}" for i in range(fn.arity)]
         body = to_numpy_source(fn.expr, {s.name: a for s, a in zip(fn.symbols, args)})
         exact = not fn.expr.has(sp.Piecewise) and fn.expr.free_symbols == set(fn.symbols)
+        call = ", ".join(args)
         if exact:
-            src = f"def {name}({', '.join(args)}):\n    return {body}\n"
-        else:   # np.where evaluates both branches: the untaken one may divide by zero
-            src = (f"def {name}({', '.join(args)}):\n"
+            src = f"def {name}({call}):\n    return {body}\n"
+        elif fn.expr.has(sp.Piecewise):   # np.where evaluates both branches: keep it quiet
+            src = (f"def {name}({call}):\n"
                    f"    with np.errstate(divide='ignore', invalid='ignore'):\n"
-                   f"        return _fix({body}, ({', '.join(args)},))\n")
+                   f"        return _fix({body}, ({call},))\n")
+        else:
+            src = f"def {name}({call}):\n    return _fix({body}, ({call},))\n"
         namespace = {"np": np, "_fix": _fix}
         exec(compile(src, f"<graphflux elementwise {name}>", "exec"), namespace)
         f = _compiled[name] = namespace[name]
