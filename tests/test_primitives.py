@@ -129,7 +129,7 @@ def test_large_products_split_across_threads_give_the_same_numbers(monkeypatch, 
     from graphflux.compiler.matmul import PARALLEL_FLOPS
     monkeypatch.setenv("GRAPHFLUX_NUM_THREADS", threads)
     rng = np.random.default_rng(4)
-    m, k, n = 700, 512, 520               # odd sizes: edge tiles in every block
+    m, k, n = 301, 512, 777               # odd sizes: edge tiles in every block; N >= M splits
     assert 2 * m * n * k >= PARALLEL_FLOPS
     inputs = {"a": rng.standard_normal((m, k)).astype(np.float32),
               "b": rng.standard_normal((n, k)).astype(np.float32)}
