@@ -32,6 +32,7 @@ class Context:
 class Tracer:
     """An array stand-in. Subclasses provide `ctx`, `shape` and `dtype`."""
 
+    __slots__ = ()
     __array_priority__ = 1000
 
     @property
