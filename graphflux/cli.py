@@ -74,7 +74,7 @@ def demo(epochs=30, batchsize=32, out=sys.stdout, plot=None):
     step.lower(Xtr[:batchsize], Ytr[:batchsize])
     compile_s = time.perf_counter() - t
     print(f"compiled the training step in {compile_s:.2f} s "
-          f"({len(ps)} parameters arrays, batch {batchsize})", file=out)
+          f"({len(ps)} parameter arrays, batch {batchsize})", file=out)
     accuracy, history = 0.0, []
     for epoch in range(1, epochs + 1):
         losses = [step(x, y) for x, y in data]
