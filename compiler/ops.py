@@ -9,7 +9,7 @@ import numbers
 import numpy as np
 
 from .errors import ShapeError, TraceError
-from .tracer import Tracer, _stack as _contexts
+from .tracer import TABLES, Tracer, _stack as _contexts
 
 NUMPY_IMPLS = {}
 NUMPY_ELEMENTWISE = {}   # fn name -> numpy function, filled by the runtime (eager fast path)
@@ -117,6 +117,7 @@ SHAPE_RULES = {
     "random": _rule_random,
 }
 PRIMITIVES = tuple(SHAPE_RULES)
+TABLES.update(shape=SHAPE_RULES, numpy=NUMPY_IMPLS)
 
 
 def bind(op, args, attrs):

@@ -1,5 +1,6 @@
-"""Tracing: Tracer values stand in for arrays while a loss runs, and route Python operators and
-numpy's dispatch protocols to graphflux ops, which record nodes in the active context.
+"""Tracing: Tracer values stand in for arrays while a loss runs; the active context records a
+node for each op applied to them. (Their Python operators and numpy protocols, which route to
+the op functions, are installed by `array_methods`.)
 
 Contexts form a stack: the symbolic `TraceContext` here builds graph nodes; the runtime's eager
 context computes numbers and keeps a tape. Both find parameters by identity (`lift`)."""
@@ -7,11 +8,12 @@ import numbers
 
 import numpy as np
 
-from .errors import ShapeError, TraceError
+from .errors import TraceError
 from .graph import Node
 from .source import user_source_line
 
 _stack = []
+TABLES = {}     # "shape" and "numpy": the op tables, registered by ops (which imports this)
 
 
 def current_context():
@@ -64,56 +66,6 @@ class Tracer:
     def __iter__(self):
         raise TraceError("iterating over a traced array is not supported; index it or use "
                          f"array ops instead (at {user_source_line()})")
-
-    # arithmetic
-    def __add__(self, o): return ops.add(self, o)
-    def __radd__(self, o): return ops.add(o, self)
-    def __sub__(self, o): return ops.sub(self, o)
-    def __rsub__(self, o): return ops.sub(o, self)
-    def __mul__(self, o): return ops.mul(self, o)
-    def __rmul__(self, o): return ops.mul(o, self)
-    def __truediv__(self, o): return ops.div(self, o)
-    def __rtruediv__(self, o): return ops.div(o, self)
-    def __pow__(self, o): return ops.power(self, o)
-    def __rpow__(self, o): return ops.power(o, self)
-    def __neg__(self): return ops.neg(self)
-    def __pos__(self): return self
-    def __abs__(self): return ops.abs(self)
-    def __matmul__(self, o): return ops.matmul(self, o)
-    def __rmatmul__(self, o): return ops.matmul(o, self)
-    def __gt__(self, o): return ops.elementwise("greater", self, o)
-    def __ge__(self, o): return ops.elementwise("greater_equal", self, o)
-    def __lt__(self, o): return ops.elementwise("less", self, o)
-    def __le__(self, o): return ops.elementwise("less_equal", self, o)
-    def __getitem__(self, index): return ops.getitem(self, index)
-    __hash__ = object.__hash__
-
-    # array methods
-    @property
-    def T(self): return ops.transpose(self)
-    def transpose(self, *axes): return ops.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
-    def reshape(self, *shape): return ops.reshape(self, shape[0] if len(shape) == 1 else shape)
-    def sum(self, axis=None, keepdims=False): return ops.sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return ops.mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return ops.max(self, axis, keepdims)
-    def astype(self, dtype): return ops.cast(self, dtype)
-    def copy(self): return self  # traced values are immutable; a copy is the same value
-
-    # numpy protocols
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        fn = (_UFUNCS or _build_tables() or _UFUNCS).get(ufunc.__name__)
-        if method != "__call__" or fn is None or kwargs.get("out") is not None:
-            raise TraceError(f"numpy ufunc {ufunc.__name__}.{method} is not supported on traced "
-                             f"arrays; use graphflux ops (at {user_source_line()})")
-        return fn(*inputs)
-
-    def __array_function__(self, func, types, args, kwargs):
-        fn = (_FUNCTIONS or _build_tables() or _FUNCTIONS).get(func.__name__)
-        if fn is None:
-            raise TraceError(f"numpy.{func.__name__} is not supported on traced arrays; use "
-                             f"graphflux ops (at {user_source_line()})")
-        return fn(*args, **kwargs)
-
 
 class SymbolicTracer(Tracer):
     __slots__ = ("node", "ctx")
@@ -217,7 +169,6 @@ class TraceContext(Context):
         return False
 
     def record(self, op, args, attrs):
-        from . import ops as _ops
         src = self.source_override or user_source_line()
         ins = []
         for a in args:
@@ -227,7 +178,7 @@ class TraceContext(Context):
                 ins.append(None)
         ref = next((n for n in ins if n is not None), None)
         if ref is None:
-            return _ops.NUMPY_IMPLS[op](*args, **attrs)
+            return TABLES["numpy"][op](*args, **attrs)
         nodes = []
         for a, n in zip(args, ins):
             if n is None:
@@ -236,43 +187,6 @@ class TraceContext(Context):
                                      f"{op}, at {src}")
                 n = Node("const", (), {}, (), ref.dtype, src, np.asarray(a, dtype=ref.dtype))
             nodes.append(n)
-        try:
-            shape, dtype = _ops.SHAPE_RULES[op](nodes, attrs, src)
-        except ShapeError:
-            raise
+        shape, dtype = TABLES["shape"][op](nodes, attrs, src)
         node = Node(op, nodes, attrs, shape, dtype, src)
         return self.wrap(node)
-
-
-def _reduce_fn(fn):
-    def call(x, axis=None, dtype=None, out=None, keepdims=False, **kw):
-        return fn(x, axis, keepdims)
-    return call
-
-
-from . import ops  # noqa: E402  (ops imports Tracer from here; tables are built on first use)
-
-_UFUNCS = {}
-_FUNCTIONS = {}
-
-
-def _build_tables():
-    _UFUNCS.update({
-        "add": ops.add, "subtract": ops.sub, "multiply": ops.mul, "true_divide": ops.div,
-        "divide": ops.div, "negative": ops.neg, "exp": ops.exp, "log": ops.log,
-        "tanh": ops.tanh, "sqrt": ops.sqrt, "square": ops.square, "absolute": ops.abs,
-        "maximum": ops.maximum, "minimum": ops.minimum, "power": ops.power,
-        "matmul": ops.matmul,
-        **{name: (lambda n: lambda a, b: ops.elementwise(n, a, b))(name)
-           for name in ("greater", "less", "greater_equal", "less_equal", "equal")},
-    })
-    _FUNCTIONS.update({
-        "sum": _reduce_fn(ops.sum), "mean": _reduce_fn(ops.mean), "max": _reduce_fn(ops.max),
-        "amax": _reduce_fn(ops.max), "matmul": ops.matmul, "dot": ops.matmul,
-        "transpose": lambda x, axes=None: ops.transpose(x, axes),
-        "reshape": lambda x, shape, **kw: ops.reshape(x, shape),
-        "where": ops.where,
-        "broadcast_to": lambda x, shape, **kw: ops.broadcast_to(x, shape),
-        "shape": lambda x: tuple(x.shape), "ndim": lambda x: len(x.shape),
-        "size": lambda x, axis=None: x.size if axis is None else x.shape[axis],
-    })
