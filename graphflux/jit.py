@@ -52,7 +52,7 @@ class Jitted:
                 raise TraceError("gf.jit: the function must return a traced array (or a tuple "
                                  "of them) computed from its arguments or a model's arrays")
             graph = Graph(list(ctx.inputs), [(f"out{i}", o.node) for i, o in enumerate(outs)],
-                          name="jit")
+                          list(ctx.updates), name="jit")      # a layer forced to train mode
             seconds = {"trace": time.perf_counter() - t}
             art, how = cached_artifact(graph, "jit", lambda: graph, seconds,
                                        outs[0].dtype)

@@ -292,3 +292,12 @@ def test_random_bits_are_uniform():
     assert 0 <= u.min() and u.max() < 1
     counts, _ = np.histogram(u, bins=10, range=(0, 1))
     assert np.all(np.abs(counts - 10000) < 500)       # ~5 sigma for a binomial(1e5, 0.1)
+
+
+def test_jit_of_a_model_in_forced_train_mode_updates_running_statistics():
+    bn = gf.BatchNorm(3)
+    x = np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32) + 2
+    gf.trainmode(bn)
+    gf.jit(bn)(x)
+    np.testing.assert_allclose(bn.mean, 0.1 * x.mean(0), rtol=1e-5)
+    gf.testmode(bn, None)
