@@ -153,6 +153,8 @@ def elementwise(fn, *args):
         else:
             f = NUMPY_ELEMENTWISE.get(fn)
             return f(*args) if f is not None else NUMPY_IMPLS["elementwise"](*args, fn=fn)
+    elif _contexts[-1].computes:       # eager: numpy promotes dtypes itself, as traced code does
+        return _contexts[-1].record("elementwise", args, {"fn": fn})
     dt, mixed = None, False
     for x in args:
         d = getattr(x, "dtype", None) if not isinstance(x, (float, int)) else None

@@ -21,7 +21,10 @@ def current_context():
 
 
 class Context:
-    """Entered with `with ctx:`; subclasses define `record(op, args, attrs)`."""
+    """Entered with `with ctx:`; subclasses define `record(op, args, attrs)`. `computes` says
+    whether recording also computes values with numpy (eager) rather than building nodes."""
+
+    computes = False
 
     def __enter__(self):
         _stack.append(self)

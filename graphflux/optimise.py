@@ -506,12 +506,11 @@ def AdamW(eta=0.001, beta=(0.9, 0.999), decay=0.0):  # noqa: N802 -- Flux's name
     return Optimiser(Adam(eta, beta), WeightDecay(decay))
 
 
-def apply_eager(opt, x, g):
+def apply_eager(opt, x, g, scalars=None):
     """One in-place update of array `x` with gradient `g` in numpy: the rule run on arrays,
     scalars as numpy scalars of x's dtype so the arithmetic matches the compiled step."""
     st = opt.slot(x)
-    cast = x.dtype.type
-    s = {k: cast(v) for k, v in opt.scalars(st.host).items()}
+    s = scalars if scalars is not None else _cast_scalars(opt, st.host, x.dtype)
     delta, new = opt.rule(x, np.asarray(g, dtype=x.dtype), st.arrays, s)
     x -= delta
     for k, v in new.items():
@@ -519,9 +518,19 @@ def apply_eager(opt, x, g):
     st.host = opt.advance(st.host)
 
 
+def _cast_scalars(opt, host, dtype):
+    cast = dtype.type
+    return {k: cast(v) for k, v in opt.scalars(host).items()}
+
+
 def update_eager(opt, pairs):
-    """Apply `opt` to (x, g) pairs as one step (the schedule's `prepare` runs once)."""
+    """Apply `opt` to (x, g) pairs as one step (the schedule's `prepare` runs once; parameters
+    with the same host state share one set of scalars)."""
     pairs = [(x, g) for x, g in pairs if g is not None]
     opt.prepare([opt.slot(x) for x, _ in pairs])
+    shared = {}
     for x, g in pairs:
-        apply_eager(opt, x, g)
+        key = (opt.slot(x).host, x.dtype)
+        if key not in shared:
+            shared[key] = _cast_scalars(opt, *key)
+        apply_eager(opt, x, g, shared[key])

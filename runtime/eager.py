@@ -35,6 +35,7 @@ class EagerTensor(Tracer):
 
 
 class EagerContext(Context):
+    computes = True
     def __init__(self, arrays):
         self.tape = []
         self.updates = []    # (array, new value), applied by the caller once the loss is finite
