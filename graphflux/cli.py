@@ -17,12 +17,8 @@ def _split_digits(seed=0):
 
 
 def _median_us(f, n):
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e6
+    from .bench import _times
+    return float(np.median(_times(f, n)))
 
 
 def _pyplot():
