@@ -43,15 +43,9 @@ class Layout:
     dtype: np.dtype
 
     def is_contiguous(self):
-        return self.strides == contiguous_strides(self.shape) or int(np.prod(self.shape)) <= 1
-
-
-def contiguous_strides(shape):
-    strides, acc = [], 1
-    for s in reversed(shape):
-        strides.append(acc if s != 1 else 0)
-        acc *= s
-    return tuple(reversed(strides))
+        """Dense row-major, whatever the strides of size-1 dimensions say."""
+        return all(st == d for n, st, d in zip(self.shape, self.strides,
+                                               _dense_strides(self.shape)) if n != 1)
 
 
 def _dense_strides(shape):

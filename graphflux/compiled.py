@@ -92,6 +92,19 @@ def _updated_or_output(binary, index, ps, opt):
     return any(ref[0] == "scalar" and ref[1] == index for ref in binary.scalar_refs)
 
 
+def input_array(ref, ps, opt, batch, captured):
+    """The array a graph input's `ref` names: ("data", i), ("param", i), ("captured", k) or
+    ("state", i, name) -- the one place that resolves them."""
+    kind = ref[0]
+    if kind == "data":
+        return batch[ref[1]]
+    if kind == "param":
+        return ps[ref[1]]
+    if kind == "captured":
+        return captured[ref[1]]
+    return opt.slot(ps[ref[1]]).arrays[ref[2]]
+
+
 class _Entry:
     """One artifact bound to this step's arrays."""
 
@@ -104,16 +117,10 @@ class _Entry:
         ps, opt = step.ps, step.opt
         self.keep = []
         for ref, slot in ex.input_slot.items():
-            kind = ref[0]
-            if kind == "data":
+            if ref[0] == "data":
                 self.data_slots.append((slot, ref[1]))
                 continue
-            if kind == "param":
-                arr = ps[ref[1]]
-            elif kind == "captured":
-                arr = traced.captured[ref[1]]
-            else:
-                arr = opt.slot(ps[ref[1]]).arrays[ref[2]]
+            arr = input_array(ref, ps, opt, None, traced.captured)
             self.keep.append(arr)
             ex.native.pointers[slot] = arr.ctypes.data
         self.scalar_plan = []    # (param, [scalar names]) in the order of the scalars vector
@@ -237,16 +244,10 @@ class CompiledStep:
         """Name the first node (op and the user's line) that produced a non-finite value, by
         re-running the step's graph in the reference interpreter."""
         graph = entry.art.grad_graph
-        ps, opt = self.ps, self.opt
         scalar_values = dict(zip(entry.art.binary.scalar_refs, scalars))
-        bindings = {}
-        for n in graph.inputs:
-            ref = n.attrs["ref"]
-            kind = ref[0]
-            bindings[n.id] = (batch[ref[1]] if kind == "data" else ps[ref[1]] if kind == "param"
-                              else entry.captured[ref[1]] if kind == "captured"
-                              else opt.slot(ps[ref[1]]).arrays[ref[2]] if kind == "state"
-                              else scalar_values[ref])
+        bindings = {n.id: scalar_values[n.attrs["ref"]] if n.op == "scalar" else
+                    input_array(n.attrs["ref"], self.ps, self.opt, batch, entry.captured)
+                    for n in graph.inputs}
         node = first_nonfinite(graph, bindings)
         if node is None:
             return ""

@@ -6,7 +6,7 @@ import numpy as np
 
 from graphflux.runtime.executable import Executable
 
-from .compiled import artifact_for
+from .compiled import artifact_for, input_array
 from .eager_step import eager_value_and_grads
 from .optimise import update_eager
 from .modelstate import state
@@ -29,9 +29,8 @@ def _compiled_value_and_grads(f, ps, args=()):
     ex = _EXECUTABLES.get(art.symbol)
     if ex is None:
         ex = _EXECUTABLES[art.symbol] = Executable(art.binary)
-    sources = {"param": ps, "data": args, "captured": traced.captured}
     for ref in ex.input_slot:
-        ex.bind(ref, sources[ref[0]][ref[1]])
+        ex.bind(ref, input_array(ref, ps, None, args, traced.captured))
     _, outs = ex.run()
     grads = [outs.get(f"grad:{ps.name(p)}") for p in ps]
     return float(outs["loss"]), grads

@@ -506,12 +506,11 @@ def AdamW(eta=0.001, beta=(0.9, 0.999), decay=0.0):  # noqa: N802 -- Flux's name
     return Optimiser(Adam(eta, beta), WeightDecay(decay))
 
 
-def apply_eager(opt, x, g, scalars=None):
+def apply_eager(opt, x, g, scalars):
     """One in-place update of array `x` with gradient `g` in numpy: the rule run on arrays,
-    scalars as numpy scalars of x's dtype so the arithmetic matches the compiled step."""
+    `scalars` numpy scalars of x's dtype so the arithmetic matches the compiled step."""
     st = opt.slot(x)
-    s = scalars if scalars is not None else _cast_scalars(opt, st.host, x.dtype)
-    delta, new = opt.rule(x, np.asarray(g, dtype=x.dtype), st.arrays, s)
+    delta, new = opt.rule(x, np.asarray(g, dtype=x.dtype), st.arrays, scalars)
     x -= delta
     for k, v in new.items():
         st.arrays[k][...] = v
