@@ -25,10 +25,10 @@ def _vjp_elementwise(g, out, ins, attrs, need):
         parts = [ops.mul(g, b) if need[0] else None, ops.mul(g, a) if need[1] else None]
     elif fn == "div":
         parts = [ops.div(g, b) if need[0] else None,
-                 ops.neg(ops.div(ops.mul(g, out), b)) if need[1] else None]
+                 ops.elementwise("v1_div", a, b, out, g) if need[1] else None]
     else:
         f = ew.get(fn)
-        parts = [ops.mul(g, ops.elementwise(f.derivative(i).name, *ins, out)) if need[i] else None
+        parts = [ops.elementwise(f.vjp(i).name, *ins, out, g) if need[i] else None
                  for i in range(len(ins))]
     return [None if p is None or not need[i] else ops.sum_to_shape(p, ins[i].shape)
             for i, p in enumerate(parts)]

@@ -36,6 +36,15 @@ class ElementwiseFn:
             register(ElementwiseFn(name, self.arity + 1, functools.partial(_partial, self, i)))
         return _REGISTRY[name]
 
+    def vjp(self, i):
+        """The ElementwiseFn of g * d(self)/d(x_i), taking (x_0 .. x_{n-1}, y, g): one node
+        per input cotangent instead of a derivative node and a product, and in eager mode one
+        generated numpy function instead of two dispatched ops."""
+        name = f"v{i}_{self.name}"
+        if name not in _REGISTRY:
+            register(ElementwiseFn(name, self.arity + 2, functools.partial(_cotangent, self, i)))
+        return _REGISTRY[name]
+
     def __repr__(self):
         return f"ElementwiseFn({self.name})"
 
@@ -52,6 +61,16 @@ def _partial(fn, i, *syms):
     return d
 
 
+def _cotangent(fn, i, *syms):
+    """g * d; a derivative that is one Piecewise takes g into its branches (relu's becomes
+    "g where x > 0, else 0": a select, not a product with a 0/1 mask)."""
+    import sympy
+    d = _partial(fn, i, *syms[:-1])
+    if isinstance(d, sympy.Piecewise):
+        return sympy.piecewise_fold(syms[-1] * d)
+    return syms[-1] * d
+
+
 def register(fn):
     _REGISTRY[fn.name] = fn
     return fn
@@ -62,8 +81,9 @@ def get(name):
         return _REGISTRY[name]
     except KeyError:
         index, _, base = name[1:].partition("_")
-        if name.startswith("d") and index.isdigit() and base:
-            return get(base).derivative(int(index))
+        if name[:1] in ("d", "v") and index.isdigit() and base:
+            fn = get(base)
+            return fn.derivative(int(index)) if name[0] == "d" else fn.vjp(int(index))
         raise
 
 

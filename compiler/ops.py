@@ -4,7 +4,7 @@ Each primitive has a shape/dtype rule here; its VJP rule lives in `autodiff`, it
 implementation in `graphflux.runtime.numpy_impls` (registered into NUMPY_IMPLS when the runtime is
 imported) and its LLVM lowering in `lower`. An op function called on tracers records a node in the
 active context; called on plain arrays it runs the numpy implementation."""
-import numbers
+import math
 
 import numpy as np
 
@@ -122,19 +122,16 @@ TABLES.update(shape=SHAPE_RULES, numpy=NUMPY_IMPLS)
 
 def bind(op, args, attrs):
     """Apply primitive `op`: record a node when a context is tracing, else run numpy."""
-    ctx = _contexts[-1] if _contexts else None
-    if ctx is None:
-        for a in args:
-            if isinstance(a, Tracer):
-                ctx = a.ctx
-                break
-        else:
-            return NUMPY_IMPLS[op](*args, **attrs)
-    return ctx.record(op, args, attrs)
+    if _contexts:
+        return _contexts[-1].record(op, args, attrs)
+    for a in args:
+        if isinstance(a, Tracer):
+            return a.ctx.record(op, args, attrs)
+    return NUMPY_IMPLS[op](*args, **attrs)
 
 
 def _is_tensor(x):
-    return isinstance(x, (Tracer, np.ndarray))
+    return type(x) is np.ndarray or isinstance(x, (Tracer, np.ndarray))
 
 
 def _dtype(x):
@@ -197,7 +194,7 @@ def where(cond, a, b): return elementwise("where", cond, a, b)
 
 
 def power(a, b):
-    if isinstance(b, numbers.Number) and b == 2:
+    if type(b) in (int, float) and b == 2:
         return square(a)
     return elementwise("pow", a, b)
 
@@ -208,7 +205,7 @@ def _axes(x, axis):
     nd = len(x.shape)
     if axis is None:
         return tuple(range(nd))
-    if isinstance(axis, numbers.Integral):
+    if type(axis) is int or isinstance(axis, np.integer):
         if -nd <= axis < nd:
             return (axis % nd,)
         axis = (axis,)
@@ -233,11 +230,13 @@ def max(x, axis=None, keepdims=False):  # noqa: A001
 def mean(x, axis=None, keepdims=False):
     x = _as_float(x)
     axes = _axes(x, axis)
-    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    count = math.prod(x.shape[a] for a in axes)
     return mul(sum(x, axes, keepdims), 1.0 / count)
 
 
 def _as_float(x):
+    if type(x) is np.ndarray and x.dtype.kind == "f":
+        return x
     if not _is_tensor(x):
         x = np.asarray(x) if isinstance(x, np.generic) else np.asarray(x, dtype=np.float64)
     if x.dtype.kind != "f":
@@ -311,7 +310,7 @@ def sum_to_shape(g, shape):
                                       if s == 1 and gshape[lead + i] != 1)
     if lead == 0:
         return bind("reduce_sum", (g,), {"axes": axes, "keepdims": True})
-    return reshape(sum(g, axes), shape)
+    return reshape(bind("reduce_sum", (g,), {"axes": axes, "keepdims": False}), shape)
 
 
 def getitem(x, index):

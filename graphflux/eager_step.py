@@ -8,7 +8,7 @@ from graphflux.runtime.eager import EagerContext, EagerTensor, backward
 
 from .errors import NonFiniteLoss
 from .modes import training
-from .optimise import update_eager
+from .eager_update import update_eager
 from .params import Grads, as_params, warn_unused
 from .signature import check_batch
 from .tracing import check_params, installed

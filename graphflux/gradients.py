@@ -8,7 +8,7 @@ from graphflux.runtime.executable import Executable
 
 from .compiled import artifact_for, input_array
 from .eager_step import eager_value_and_grads
-from .optimise import update_eager
+from .eager_update import update_eager
 from .modelstate import state
 from .params import Grads, Params, as_params, params
 from .training import _is_model

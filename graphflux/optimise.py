@@ -19,11 +19,13 @@ class RestoreError(GraphfluxError, KeyError):
 
 
 class ParamState:
-    """A rule's state for one parameter: per-element arrays and the host scalars."""
-    __slots__ = ("x", "arrays", "host")
+    """A rule's state for one parameter: per-element arrays and the host scalars, and the
+    eager update function generated for it on first use (eager_update)."""
+    __slots__ = ("x", "arrays", "host", "numpy_update")
 
     def __init__(self, x, arrays, host):
         self.x, self.arrays, self.host = x, arrays, host
+        self.numpy_update = None
 
 
 class Rule:
@@ -504,32 +506,3 @@ class Optimiser(Rule):
 def AdamW(eta=0.001, beta=(0.9, 0.999), decay=0.0):  # noqa: N802 -- Flux's name
     """Optimiser(Adam(eta, beta), WeightDecay(decay)): decay not scaled by eta (Flux 0.13)."""
     return Optimiser(Adam(eta, beta), WeightDecay(decay))
-
-
-def apply_eager(opt, x, g, scalars):
-    """One in-place update of array `x` with gradient `g` in numpy: the rule run on arrays,
-    `scalars` numpy scalars of x's dtype so the arithmetic matches the compiled step."""
-    st = opt.slot(x)
-    delta, new = opt.rule(x, np.asarray(g, dtype=x.dtype), st.arrays, scalars)
-    x -= delta
-    for k, v in new.items():
-        st.arrays[k][...] = v
-    st.host = opt.advance(st.host)
-
-
-def _cast_scalars(opt, host, dtype):
-    cast = dtype.type
-    return {k: cast(v) for k, v in opt.scalars(host).items()}
-
-
-def update_eager(opt, pairs):
-    """Apply `opt` to (x, g) pairs as one step (the schedule's `prepare` runs once; parameters
-    with the same host state share one set of scalars)."""
-    pairs = [(x, g) for x, g in pairs if g is not None]
-    opt.prepare([opt.slot(x) for x, _ in pairs])
-    shared = {}
-    for x, g in pairs:
-        key = (opt.slot(x).host, x.dtype)
-        if key not in shared:
-            shared[key] = _cast_scalars(opt, *key)
-        apply_eager(opt, x, g, shared[key])

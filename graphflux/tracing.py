@@ -115,12 +115,14 @@ def step_graph(traced, ps, opt=None, warn=True):
         if opt is None:
             outputs.append((f"grad:{ps.name(p)}", g))
         else:
-            updates.extend(_trace_update(ctx, opt, p, i, pn, g, ps.name(p)))
+            updates.extend(trace_update(ctx, opt, p, i, pn, g, ps.name(p)))
     traced.seconds["ad"] = time.perf_counter() - t0
     return Graph(list(ctx.inputs), outputs, updates, name="step")
 
 
-def _trace_update(ctx, opt, p, index, pnode, gnode, name):
+def trace_update(ctx, opt, p, index, pnode, gnode, name):
+    """Trace `opt`'s update of parameter `p` (input `pnode`, gradient `gnode`) into `ctx`:
+    its state arrays and scalars become inputs; returns the (target, new value) updates."""
     record = opt.slot(p)
     st = {k: ctx.new_input(arr.shape, arr.dtype, f"{name}.{k}", "state", ("state", index, k))
           for k, arr in record.arrays.items()}

@@ -118,17 +118,18 @@ def backward(ctx, loss, wrt):
     if not isinstance(loss, EagerTensor):
         return [None] * len(wrt)
     cot = {id(loss): np.ones((), dtype=loss.dtype)}
+    pop = cot.pop
     for t in reversed(ctx.tape):
-        g = cot.pop(id(t), None)
+        g = pop(id(t), None)
         if g is None:
             continue
-        need = [p is not None for p in t.parents]
-        grads = VJP_RULES[t.op](g, t.value, t.inputs, t.attrs, need)
-        for p, gi in zip(t.parents, grads):
-            if p is None or gi is None:
-                continue
-            key = id(p)
-            cot[key] = cot[key] + gi if key in cot else gi
+        parents = t.parents
+        grads = VJP_RULES[t.op](g, t.value, t.inputs, t.attrs, [p is not None for p in parents])
+        for p, gi in zip(parents, grads):
+            if p is not None and gi is not None:
+                key = id(p)
+                prev = cot.get(key)
+                cot[key] = gi if prev is None else prev + gi
     out, seen = [], set()
     for a in wrt:
         g = cot.get(id(ctx.leaf(a)))

@@ -17,30 +17,55 @@ UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_
 
 
 def elementwise_function(name):
-    """A numpy function for ElementwiseFn `name`, generated once from its sympy expression.
-    Results keep the operands' dtype and broadcast shape: only expressions that could lose
-    them (Piecewise -> np.where with float literals, or unused arguments) pay for a fix-up."""
+    """A numpy function for ElementwiseFn `name`, generated once from its sympy expression
+    (common subexpressions computed once). Results keep the operands' dtype and broadcast
+    shape: only expressions that could lose them (np.where with float literals, unused
+    arguments) pay for a fix-up -- a cotangent function `v{i}_*` by comparing with its last
+    argument, the cotangent g, whose shape and dtype the result must have."""
     f = _compiled.get(name)
     if f is None:
         import sympy as sp
         fn = ew.get(name)
         args = [f"a{i}" for i in range(fn.arity)]
-        body = to_numpy_source(fn.expr, {s.name: a for s, a in zip(fn.symbols, args)})
+        names = {s.name: a for s, a in zip(fn.symbols, args)}
+        shared, (expr,) = sp.cse(fn.expr, symbols=sp.numbered_symbols("t"))
+        lines = []
+        for sym, sub in shared:
+            lines.append(f"{sym.name} = {to_numpy_source(sub, names)}")
+            names[sym.name] = sym.name
+        body = to_numpy_source(expr, names)
         exact = not fn.expr.has(sp.Piecewise) and fn.expr.free_symbols == set(fn.symbols)
         call = ", ".join(args)
         if exact:
-            src = f"def {name}({call}):\n    return {body}\n"
-        elif fn.expr.has(sp.Piecewise):   # np.where evaluates both branches: keep it quiet
-            src = (f"def {name}({call}):\n"
-                   f"    with np.errstate(divide='ignore', invalid='ignore'):\n"
-                   f"        return _fix({body}, ({call},))\n")
+            lines.append(f"return {body}")
+        elif name[0] == "v" and name[1:2].isdigit():
+            g = args[-1]
+            lines.append(f"r = {body}")
+            lines.append(f"return r if type(r) is np.ndarray and r.shape == {g}.shape and "
+                         f"r.dtype == {g}.dtype else _fix(r, ({g},))")
         else:
-            src = f"def {name}({call}):\n    return _fix({body}, ({call},))\n"
+            lines.append(f"return _fix({body}, ({call},))")
+        if _may_warn(fn.expr):    # np.where evaluates both branches: keep the unused one quiet
+            lines = ["with np.errstate(divide='ignore', invalid='ignore', over='ignore'):"] + \
+                ["    " + line for line in lines]
+        src = f"def {name}({call}):\n" + "".join(f"    {line}\n" for line in lines)
         namespace = {"np": np, "_fix": _fix}
         exec(compile(src, f"<graphflux elementwise {name}>", "exec"), namespace)
         f = _compiled[name] = namespace[name]
         ops.NUMPY_ELEMENTWISE[name] = UFUNCS.get(name, f)
     return f
+
+
+def _may_warn(expr):
+    """A Piecewise whose branches divide, take logs or exponentials, or roots."""
+    import sympy as sp
+    if not expr.has(sp.Piecewise):
+        return False
+    for e in sp.preorder_traversal(expr):
+        if e.func in (sp.exp, sp.log) or (e.is_Pow and not (e.args[1].is_Integer
+                                                             and e.args[1] > 0)):
+            return True
+    return False
 
 
 def _fix(r, args):

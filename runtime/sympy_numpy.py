@@ -15,9 +15,9 @@ def to_numpy_source(expr, names):
         if e is sp.pi or e is sp.E:
             return repr(float(e))
         if e.is_Add:
-            return "(" + " + ".join(p(a) for a in e.args) + ")"
+            return add(e)
         if e.is_Mul:
-            return "(" + " * ".join(p(a) for a in e.args) + ")"
+            return mul(e)
         if e.is_Pow:
             b, x = e.args
             if x == 2:
@@ -58,5 +58,36 @@ def to_numpy_source(expr, names):
                 out = f"{f}({out}, {p(a)})"
             return out
         raise NotImplementedError(f"no numpy printer for sympy {e.func.__name__}")
+
+    def add(e):
+        """Negative terms as subtractions: `1 - y*y` is two numpy calls, not three."""
+        plus, minus = [], []
+        for a in e.args:
+            coeff, rest = a.as_coeff_Mul()
+            (minus if coeff.is_negative else plus).append(-a if coeff.is_negative else a)
+        if not plus:
+            return "(-" + add(sp.Add(*minus, evaluate=False)) + ")" if len(minus) > 1 \
+                else f"(-{p(minus[0])})"
+        out = " + ".join(p(a) for a in plus)
+        return "(" + out + "".join(f" - {p(a)}" for a in minus) + ")"
+
+    def mul(e):
+        """Denominators as divisions and a -1 coefficient as one negation: `-g*y/b` is three
+        numpy calls, not four."""
+        coeff, rest = e.as_coeff_Mul()
+        sign = ""
+        if coeff == -1:
+            sign, coeff = "-", sp.Integer(1)
+        num, den = ([] if coeff == 1 else [coeff]), []
+        for a in sp.Mul.make_args(rest):
+            if a.is_Pow and a.args[1].is_Number and a.args[1].is_negative:
+                den.append(a.args[0] ** -a.args[1])
+            else:
+                num.append(a)
+        body = " * ".join(p(a) for a in num) if num else "1.0"
+        if den:
+            body = f"{body} / " + (p(den[0]) if len(den) == 1 else
+                                   "(" + " * ".join(p(a) for a in den) + ")")
+        return f"({sign}{body})" if sign or num or den else body
 
     return p(expr)

@@ -93,7 +93,7 @@ def test_user_elementwise_function_differentiates_fuses_and_compiles(mode):
         art = gf.compile(lambda x: gf.sum(cube_tanh(x * w["w"]) + 1.0), gf.params(w),
                          gf.Descent(0.1)).lower(x.reshape(1, 7))
         text = str(art.optimized_graph)
-        assert "fn=cube_tanh" in text and "fn=d0_cube_tanh" in text
+        assert "fn=cube_tanh" in text and "fn=v0_cube_tanh" in text
         line = [ln for ln in text.splitlines() if "fn=cube_tanh" in ln][0]
         assert "[kernel" in line
 

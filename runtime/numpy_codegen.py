@@ -1,0 +1,128 @@
+"""A graph as one generated Python function of numpy expressions.
+
+Eager mode runs the optimiser's update with it: the rule does not depend on user code, so it is
+traced once per parameter shape, and each step pays one Python call plus the numpy arithmetic
+instead of an op-function dispatch per arithmetic op. Each node computes what its numpy
+implementation computes, in the same order, so the numbers equal running the rule op by op."""
+import re
+
+import numpy as np
+
+from graphflux.compiler import elementwise as ew
+from graphflux.compiler.graph import toposort
+
+from .numpy_impls import IMPLS, UFUNCS, elementwise_function
+from .sympy_numpy import to_numpy_source
+
+_HOLE = "\x00{}\x00"
+
+
+class _Line:
+    """`var = expr`; `ufunc` and `args` when expr is one ufunc applied to `args`, so the line
+    can instead write its result into an update's target array (out=)."""
+
+    def __init__(self, var, expr, ufunc=None, args=()):
+        self.var, self.expr, self.ufunc, self.args = var, expr, ufunc, list(args)
+
+    def text(self):
+        return f"{self.var} = {self.expr}" if self.var else self.expr
+
+
+def numpy_function(graph):
+    """(function, source) for `graph`: the function takes the values of `graph.inputs` in order,
+    writes every update into its target's array in place and returns the outputs' values as a
+    tuple. A target is written once nothing later reads its old value."""
+    nodes = toposort(graph.roots())
+    uses = {}
+    for n in nodes:
+        for i in n.inputs:
+            uses[i.id] = uses.get(i.id, 0) + 1
+    rooted = {n.id for n in graph.roots()}
+    names = {n.id: f"i{k}" for k, n in enumerate(graph.inputs)}
+    namespace, lines = {"np": np}, []
+
+    def constant(value, prefix):
+        key = f"{prefix}{len(namespace)}"
+        namespace[key] = value
+        return key
+
+    for n in nodes:
+        if n.id in names:
+            continue
+        if n.op == "const":
+            names[n.id] = constant(n.value, "c")
+            continue
+        args = [names[i.id] for i in n.inputs]
+        ufunc = None
+        if n.op == "elementwise" and _is_exact(n.attrs["fn"]):
+            expr = _inline(n.attrs["fn"], args, lines, names, n.inputs)
+            if n.attrs["fn"] in UFUNCS:
+                ufunc, args = UFUNCS[n.attrs["fn"]].__name__, [names[i.id] for i in n.inputs]
+        elif n.op == "elementwise":
+            f = constant(elementwise_function(n.attrs["fn"]), "f")
+            expr = f"{f}({', '.join(args)})"
+        else:
+            f = constant(IMPLS[n.op], "f")
+            expr = f"{f}({', '.join(args)}, **{constant(dict(n.attrs), 'a')})"
+        if n.op == "elementwise" and _is_exact(n.attrs["fn"]) and uses.get(n.id, 0) == 1 \
+                and n.id not in rooted:
+            names[n.id] = expr
+        else:
+            names[n.id] = f"t{len(lines)}"
+            lines.append(_Line(names[n.id], expr, ufunc, args))
+    outputs = [names[n.id] for _, n in graph.outputs]
+    for target, value in graph.updates:
+        _write_update(lines, outputs, names[target.id], names[value.id])
+    body = [line.text() for line in lines] + [f"return ({''.join(o + ', ' for o in outputs)})"]
+    params = ", ".join(f"i{k}" for k in range(len(graph.inputs)))
+    source = f"def {graph.name}({params}):\n" + "".join(f"    {line}\n" for line in body)
+    exec(compile(source, f"<graphflux numpy {graph.name}>", "exec"), namespace)
+    return namespace[graph.name], source
+
+
+def _write_update(lines, outputs, target, value):
+    """Write `value` into `target`: straight from the ufunc that computes it when no later
+    line reads the target's old value (the later readers of `value` then read the target),
+    else by a copy after everything else."""
+    at = next((k for k, line in enumerate(lines) if line.var == value), None)
+    if at is not None and lines[at].ufunc and not any(
+            _reads(line.text(), target) for line in lines[at + 1:]):
+        line = lines[at]
+        lines[at] = _Line("", f"np.{line.ufunc}({', '.join(line.args)}, out={target})")
+        for later in lines[at + 1:]:
+            later.expr = _rename(later.expr, value, target)
+            later.args = [_rename(a, value, target) for a in later.args]
+        outputs[:] = [target if o == value else o for o in outputs]
+        return
+    lines.append(_Line("", f"np.copyto({target}, {value})"))
+
+
+def _reads(text, name):
+    return re.search(rf"\b{name}\b", text) is not None
+
+
+def _rename(text, old, new):
+    return re.sub(rf"\b{old}\b", new, text)
+
+
+def _is_exact(fn):
+    """Functions whose numpy expression keeps operand dtype and shape by itself (no np.where
+    with float literals, no unused operand): safe to inline into a larger expression."""
+    import sympy as sp
+    f = ew.get(fn)
+    return not f.expr.has(sp.Piecewise) and f.expr.free_symbols == set(f.symbols)
+
+
+def _inline(fn, args, lines, names, inputs):
+    """fn's numpy expression with the operand expressions substituted; an operand the
+    expression reads twice (x*x) is first bound to a variable so it is computed once."""
+    f = ew.get(fn)
+    body = to_numpy_source(f.expr, {s.name: _HOLE.format(k) for k, s in enumerate(f.symbols)})
+    for k, a in enumerate(args):
+        hole = _HOLE.format(k)
+        if body.count(hole) > 1 and not a.isidentifier():
+            var = f"t{len(lines)}"
+            lines.append(_Line(var, a))
+            names[inputs[k].id] = a = var
+        body = body.replace(hole, a)
+    return body
