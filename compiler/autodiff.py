@@ -18,7 +18,7 @@ def _vjp_elementwise(g, out, ins, attrs, need):
     if fn == "add":
         parts = [g, g]
     elif fn == "sub":
-        parts = [g, ops.neg(g)]
+        parts = [g, ops.neg(g) if need[1] else None]
     elif fn == "neg":
         parts = [ops.neg(g)]
     elif fn == "mul":
@@ -30,8 +30,10 @@ def _vjp_elementwise(g, out, ins, attrs, need):
         f = ew.get(fn)
         parts = [ops.elementwise(f.vjp(i).name, *ins, out, g) if need[i] else None
                  for i in range(len(ins))]
-    return [None if p is None or not need[i] else ops.sum_to_shape(p, ins[i].shape)
-            for i, p in enumerate(parts)]
+    for i, p in enumerate(parts):
+        if p is not None:
+            parts[i] = ops.sum_to_shape(p, ins[i].shape) if need[i] else None
+    return parts
 
 
 def _keepdims_shape(x, axes):

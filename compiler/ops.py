@@ -248,7 +248,8 @@ def _as_float(x):
 
 def matmul(a, b, ta=False, tb=False):
     """a @ b for 2-d operands, with a 1-d operand promoted as numpy does."""
-    if _dtype(a) is not None and _dtype(b) is not None and a.dtype != b.dtype:
+    da, db = getattr(a, "dtype", None), getattr(b, "dtype", None)
+    if da is not None and db is not None and da != db and _is_tensor(a) and _is_tensor(b):
         dt = np.result_type(a.dtype, b.dtype)
         a, b = cast(a, dt), cast(b, dt)
     if len(a.shape) == 1 and not ta:
@@ -301,16 +302,18 @@ def random_uniform(counter, shape, key, dtype=np.float32):
 
 def sum_to_shape(g, shape):
     """Undo numpy broadcasting: sum `g` down to `shape` (the VJP of implicit broadcasting)."""
-    gshape = tuple(g.shape)
+    gshape = g.shape
     if gshape == shape:
         return g
     shape = tuple(shape)
+    if gshape == shape:
+        return g
     lead = len(gshape) - len(shape)
-    axes = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape)
-                                      if s == 1 and gshape[lead + i] != 1)
+    kept = tuple(lead + i for i, s in enumerate(shape) if s == 1 and gshape[lead + i] != 1)
     if lead == 0:
-        return bind("reduce_sum", (g,), {"axes": axes, "keepdims": True})
-    return reshape(bind("reduce_sum", (g,), {"axes": axes, "keepdims": False}), shape)
+        return bind("reduce_sum", (g,), {"axes": kept, "keepdims": True})
+    total = bind("reduce_sum", (g,), {"axes": tuple(range(lead)) + kept, "keepdims": False})
+    return reshape(total, shape) if kept else total
 
 
 def getitem(x, index):

@@ -66,14 +66,14 @@ logσ = logsigmoid
 
 def softmax(x, axis=-1):
     """exp(x - max) / sum(exp(x - max)) along `axis` (Flux's dims=1 is axis=-1 here)."""
-    z = ops.sub(x, ops.stop_gradient(ops.max(x, axis, keepdims=True)))
+    z = ops.sub(x, ops.max(ops.stop_gradient(x), axis, keepdims=True))
     e = ops.exp(z)
     return ops.div(e, ops.sum(e, axis, keepdims=True))
 
 
 def logsoftmax(x, axis=-1):
     """x - max - log(sum(exp(x - max))): the stable form, never log(softmax(x))."""
-    z = ops.sub(x, ops.stop_gradient(ops.max(x, axis, keepdims=True)))
+    z = ops.sub(x, ops.max(ops.stop_gradient(x), axis, keepdims=True))
     return ops.sub(z, ops.log(ops.sum(ops.exp(z), axis, keepdims=True)))
 
 

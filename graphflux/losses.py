@@ -34,7 +34,7 @@ def _shape(a):
 
 def _check_sizes(ŷ, y, loss):
     """Flux's _check_sizes: equal shapes, except that y may be a number."""
-    if isinstance(y, numbers.Number):
+    if type(y) in (float, int) or isinstance(y, numbers.Number):
         return
     if _shape(ŷ) != _shape(y):
         raise ShapeError(f"{loss}(ŷ, y) needs ŷ and y of the same shape, got ŷ {_shape(ŷ)} "

@@ -9,17 +9,19 @@ from graphflux.compiler.ops import NUMPY_ELEMENTWISE
 from graphflux.compiler.source import user_source_line
 from graphflux.compiler.tracer import Context, Tracer
 
+from . import tape_backward
 from .numpy_impls import IMPLS
 
 
 class EagerTensor(Tracer):
-    """A numpy value with its tape entry: the op, its input values and the tensors among them."""
+    """A numpy value with its tape entry: the op, its input values and the tensors among them,
+    and its position (`index`: on the tape from 0, parameters from -1 down)."""
 
-    __slots__ = ("value", "op", "inputs", "parents", "attrs", "ctx")
+    __slots__ = ("value", "op", "inputs", "parents", "attrs", "ctx", "index")
 
-    def __init__(self, value, op, inputs, parents, attrs, ctx):
+    def __init__(self, value, op, inputs, parents, attrs, ctx, index):
         self.value, self.op, self.inputs, self.parents = value, op, inputs, parents
-        self.attrs, self.ctx = attrs, ctx
+        self.attrs, self.ctx, self.index = attrs, ctx, index
 
     shape = property(lambda self: self.value.shape)
     dtype = property(lambda self: self.value.dtype)
@@ -38,10 +40,11 @@ class EagerContext(Context):
     computes = True
     def __init__(self, arrays):
         self.tape = []
+        self.signature = []  # per tape entry, what its VJP depends on besides values
         self.updates = []    # (array, new value), applied by the caller once the loss is finite
         self.leaves = {}
-        for a in arrays:
-            self.leaves[id(a)] = (a, EagerTensor(a, None, (), (), {}, self))
+        for i, a in enumerate(arrays):
+            self.leaves[id(a)] = (a, EagerTensor(a, None, (), (), {}, self, -1 - i))
 
     def add_update(self, array, value):
         self.updates.append((array, value.value if isinstance(value, EagerTensor) else value))
@@ -71,12 +74,13 @@ class EagerContext(Context):
 
     def record(self, op, args, attrs):
         leaves = self.leaves
-        vals, parents, tracked = [], [], False
+        vals, parents, refs, tracked = [], [], [], False
         for a in args:
             cls = type(a)
             if cls is EagerTensor:
                 vals.append(a.value)
                 parents.append(a)
+                refs.append(a.index)
                 tracked = True
                 continue
             if cls is np.ndarray:
@@ -84,10 +88,14 @@ class EagerContext(Context):
                 if entry is not None:
                     vals.append(a)
                     parents.append(entry[1])
+                    refs.append(entry[1].index)
                     tracked = True
                     continue
                 if a.base is not None:
                     self.lift(a)            # refuses a numpy view of a parameter
+                refs.append((a.shape, a.dtype.char))
+            else:   # numpy scalars keep their dtype in arithmetic, Python numbers are weak
+                refs.append(a.dtype.char if isinstance(a, np.generic) else cls)
             vals.append(a)
             parents.append(None)
         try:
@@ -99,40 +107,39 @@ class EagerContext(Context):
                              f"{user_source_line()}") from None
         if not tracked:
             return value
-        if op == "stop_gradient":    # untracked, and a copy: never the parameter array itself
-            return np.array(value)
-        t = EagerTensor(value, op, vals, parents, attrs, self)
+        if op == "stop_gradient":    # untracked; a copy when it is a parameter's array
+            return np.array(value) if parents[0].op is None else value
+        t = EagerTensor(value, op, vals, parents, attrs, self, len(self.tape))
         self.tape.append(t)
+        self.signature.append((op, tuple(attrs.items()), tuple(refs)))
         return t
 
     def release(self):
         """Drop the tape (it and the tensors refer to each other, so without this only the
         cyclic garbage collector would free a step's arrays)."""
         self.tape.clear()
+        self.signature.clear()
         self.leaves.clear()
 
 
 def backward(ctx, loss, wrt):
     """Cotangents of `loss` (an EagerTensor) for each leaf array in `wrt` (None if unreached).
-    Runs outside any context, so the VJP rules' op calls compute with numpy directly."""
+    The first time a tape of some structure is seen, its entries' VJP rules run on numpy one
+    by one; from the second time on, the backward generated for that structure runs
+    (tape_backward), which computes the same numbers without a Python dispatch per op."""
     if not isinstance(loss, EagerTensor):
         return [None] * len(wrt)
-    cot = {id(loss): np.ones((), dtype=loss.dtype)}
-    pop = cot.pop
-    for t in reversed(ctx.tape):
-        g = pop(id(t), None)
-        if g is None:
-            continue
-        parents = t.parents
-        grads = VJP_RULES[t.op](g, t.value, t.inputs, t.attrs, [p is not None for p in parents])
-        for p, gi in zip(parents, grads):
-            if p is not None and gi is not None:
-                key = id(p)
-                prev = cot.get(key)
-                cot[key] = gi if prev is None else prev + gi
+    leaves = [ctx.leaf(a) for a in wrt]
+    key = (tuple(ctx.signature), loss.index, tuple((t.index, t.value.shape, t.value.dtype.char)
+                                                    for t in leaves))
+    generated = tape_backward.lookup(key)
+    if generated is not None:
+        grads = generated(ctx.tape, wrt)
+    else:
+        grads = run_vjp_rules(ctx.tape, loss, leaves)
+        tape_backward.seen(key, ctx.tape, loss, leaves)
     out, seen = [], set()
-    for a in wrt:
-        g = cot.get(id(ctx.leaf(a)))
+    for a, g in zip(wrt, grads):
         if g is not None and (type(g) is not np.ndarray or g.dtype != a.dtype or g.base is not None
                               or not g.flags.c_contiguous or id(g) in seen):
             g = np.array(g, dtype=a.dtype)
@@ -140,3 +147,22 @@ def backward(ctx, loss, wrt):
             seen.add(id(g))
         out.append(g)
     return out
+
+
+def run_vjp_rules(tape, loss, leaves):
+    """The backward pass op by op: each entry's VJP rule on numpy arrays, from the loss back.
+    Runs outside any context, so the rules' op calls compute with numpy directly."""
+    cot = {loss.index: np.ones((), dtype=loss.dtype)}
+    pop = cot.pop
+    for t in reversed(tape):
+        g = pop(t.index, None)
+        if g is None:
+            continue
+        parents = t.parents
+        grads = VJP_RULES[t.op](g, t.value, t.inputs, t.attrs, [p is not None for p in parents])
+        for p, gi in zip(parents, grads):
+            if p is not None and gi is not None:
+                key = p.index
+                prev = cot.get(key)
+                cot[key] = gi if prev is None else prev + gi
+    return [cot.get(t.index) for t in leaves]
