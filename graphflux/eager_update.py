@@ -24,7 +24,7 @@ def update_function(opt, x):
         pnode = ctx.new_input(x.shape, x.dtype, "x", "param").node
         gnode = ctx.new_input(x.shape, x.dtype, "g", "grad").node
         updates = trace_update(ctx, opt, x, 0, pnode, gnode, "x")
-        f = _FUNCTIONS[key] = numpy_function(Graph(ctx.inputs, [], updates, "update"))[0]
+        f = _FUNCTIONS[key] = numpy_function(Graph(ctx.inputs, [], updates, "update"))
     return f
 
 

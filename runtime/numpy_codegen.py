@@ -29,9 +29,10 @@ class _Line:
 
 
 def numpy_function(graph):
-    """(function, source) for `graph`: the function takes the values of `graph.inputs` in order,
-    writes every update into its target's array in place and returns the outputs' values as a
-    tuple. A target is written once nothing later reads its old value."""
+    """A function for `graph`: it takes the values of `graph.inputs` in order, writes every
+    update into its target's array in place and returns the outputs' values as a tuple. A
+    target is written once nothing later reads its old value. Its `source` attribute holds the
+    generated code."""
     nodes = toposort(graph.roots())
     uses = {}
     for n in nodes:
@@ -77,7 +78,9 @@ def numpy_function(graph):
     params = ", ".join(f"i{k}" for k in range(len(graph.inputs)))
     source = f"def {graph.name}({params}):\n" + "".join(f"    {line}\n" for line in body)
     exec(compile(source, f"<graphflux numpy {graph.name}>", "exec"), namespace)
-    return namespace[graph.name], source
+    function = namespace[graph.name]
+    function.source = source
+    return function
 
 
 def _write_update(lines, outputs, target, value):

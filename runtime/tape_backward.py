@@ -52,7 +52,7 @@ class GeneratedBackward:
 
     def __init__(self, tape, loss, leaves):
         graph, fetch, self.slots = _trace(tape, loss, leaves)
-        self.function, self.source = numpy_function(graph)
+        self.function = numpy_function(graph)
         self.fetch = _fetcher(fetch)
 
     def __call__(self, tape, params):
