@@ -16,8 +16,9 @@ class ElementwiseFn:
     symbolic derivative, but stable where the input-only form overflows (exp(-x)/(1+exp(-x))^2 at
     x = -100 is inf/inf). A test checks every such override against sympy's own derivative."""
 
-    def __init__(self, name, arity, build, grad=None):
+    def __init__(self, name, arity, build, grad=None, is_cotangent=False):
         self.name, self.arity, self.build, self.grad = name, arity, build, grad
+        self.is_cotangent = is_cotangent    # made by vjp(): its last argument is g
 
     @functools.cached_property
     def symbols(self):
@@ -42,7 +43,8 @@ class ElementwiseFn:
         generated numpy function instead of two dispatched ops."""
         name = f"v{i}_{self.name}"
         if name not in _REGISTRY:
-            register(ElementwiseFn(name, self.arity + 2, functools.partial(_cotangent, self, i)))
+            register(ElementwiseFn(name, self.arity + 2, functools.partial(_cotangent, self, i),
+                                   is_cotangent=True))
         return _REGISTRY[name]
 
     def __repr__(self):

@@ -302,10 +302,7 @@ def random_uniform(counter, shape, key, dtype=np.float32):
 
 def sum_to_shape(g, shape):
     """Undo numpy broadcasting: sum `g` down to `shape` (the VJP of implicit broadcasting)."""
-    gshape = g.shape
-    if gshape == shape:
-        return g
-    shape = tuple(shape)
+    gshape, shape = g.shape, tuple(shape)
     if gshape == shape:
         return g
     lead = len(gshape) - len(shape)

@@ -11,7 +11,7 @@ import numpy as np
 from graphflux.compiler import elementwise as ew
 from graphflux.compiler.graph import toposort
 
-from .numpy_impls import IMPLS, UFUNCS, elementwise_function
+from .numpy_impls import IMPLS, UFUNCS, elementwise_function, is_exact
 from .sympy_numpy import to_numpy_source
 
 _HOLE = "\x00{}\x00"
@@ -55,7 +55,8 @@ def numpy_function(graph):
             continue
         args = [names[i.id] for i in n.inputs]
         ufunc = None
-        if n.op == "elementwise" and _is_exact(n.attrs["fn"]):
+        inline = n.op == "elementwise" and is_exact(n.attrs["fn"])
+        if inline:
             expr = _inline(n.attrs["fn"], args, lines, names, n.inputs)
             if n.attrs["fn"] in UFUNCS:
                 ufunc, args = UFUNCS[n.attrs["fn"]].__name__, [names[i.id] for i in n.inputs]
@@ -65,8 +66,7 @@ def numpy_function(graph):
         else:
             f = constant(IMPLS[n.op], "f")
             expr = f"{f}({', '.join(args)}, **{constant(dict(n.attrs), 'a')})"
-        if n.op == "elementwise" and _is_exact(n.attrs["fn"]) and uses.get(n.id, 0) == 1 \
-                and n.id not in rooted:
+        if inline and uses.get(n.id, 0) == 1 and n.id not in rooted:
             names[n.id] = expr
         else:
             names[n.id] = f"t{len(lines)}"
@@ -106,14 +106,6 @@ def _reads(text, name):
 
 def _rename(text, old, new):
     return re.sub(rf"\b{old}\b", new, text)
-
-
-def _is_exact(fn):
-    """Functions whose numpy expression keeps operand dtype and shape by itself (no np.where
-    with float literals, no unused operand): safe to inline into a larger expression."""
-    import sympy as sp
-    f = ew.get(fn)
-    return not f.expr.has(sp.Piecewise) and f.expr.free_symbols == set(f.symbols)
 
 
 def _inline(fn, args, lines, names, inputs):

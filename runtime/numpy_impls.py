@@ -34,11 +34,10 @@ def elementwise_function(name):
             lines.append(f"{sym.name} = {to_numpy_source(sub, names)}")
             names[sym.name] = sym.name
         body = to_numpy_source(expr, names)
-        exact = not fn.expr.has(sp.Piecewise) and fn.expr.free_symbols == set(fn.symbols)
         call = ", ".join(args)
-        if exact:
+        if is_exact(name):
             lines.append(f"return {body}")
-        elif name[0] == "v" and name[1:2].isdigit():
+        elif fn.is_cotangent:
             g = args[-1]
             lines.append(f"r = {body}")
             lines.append(f"return r if type(r) is np.ndarray and r.shape == {g}.shape and "
@@ -54,6 +53,14 @@ def elementwise_function(name):
         f = _compiled[name] = namespace[name]
         ops.NUMPY_ELEMENTWISE[name] = UFUNCS.get(name, f)
     return f
+
+
+def is_exact(name):
+    """Whether ElementwiseFn `name`'s numpy expression keeps its operands' dtype and shape by
+    itself (no np.where with float literals, no unused operand)."""
+    import sympy as sp
+    fn = ew.get(name)
+    return not fn.expr.has(sp.Piecewise) and fn.expr.free_symbols == set(fn.symbols)
 
 
 def _may_warn(expr):

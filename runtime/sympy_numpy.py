@@ -63,13 +63,11 @@ def to_numpy_source(expr, names):
         """Negative terms as subtractions: `1 - y*y` is two numpy calls, not three."""
         plus, minus = [], []
         for a in e.args:
-            coeff, rest = a.as_coeff_Mul()
-            (minus if coeff.is_negative else plus).append(-a if coeff.is_negative else a)
+            negative = a.as_coeff_Mul()[0].is_negative
+            (minus if negative else plus).append(-a if negative else a)
         if not plus:
-            return "(-" + add(sp.Add(*minus, evaluate=False)) + ")" if len(minus) > 1 \
-                else f"(-{p(minus[0])})"
-        out = " + ".join(p(a) for a in plus)
-        return "(" + out + "".join(f" - {p(a)}" for a in minus) + ")"
+            return "(-(" + " + ".join(p(a) for a in minus) + "))"
+        return "(" + " + ".join(p(a) for a in plus) + "".join(f" - {p(a)}" for a in minus) + ")"
 
     def mul(e):
         """Denominators as divisions and a -1 coefficient as one negation: `-g*y/b` is three
@@ -88,6 +86,6 @@ def to_numpy_source(expr, names):
         if den:
             body = f"{body} / " + (p(den[0]) if len(den) == 1 else
                                    "(" + " * ".join(p(a) for a in den) + ")")
-        return f"({sign}{body})" if sign or num or den else body
+        return f"({sign}{body})"
 
     return p(expr)
