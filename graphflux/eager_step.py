@@ -1,6 +1,7 @@
 """Eager mode behind the same interfaces: the loss runs op by op on numpy with a tape, the
 gradient comes from the tape, the optimiser rule runs on arrays."""
 import gc
+import math
 
 import numpy as np
 
@@ -20,20 +21,25 @@ def eager_value_and_grads(f, ps, args=(), warn=True):
     collecting = gc.isenabled()
     gc.disable()        # a step allocates thousands of short-lived objects; the tape is
     try:                # released explicitly below, so cyclic collection adds only cost
-        with installed(ps, [ctx.leaf(p) for p in ps]), ctx, training():
+        with installed(ps, ctx.leaves), ctx, training():
             out = f(*args)
-        grads = backward(ctx, out, list(ps))
-        value = float(np.asarray(out.value if isinstance(out, EagerTensor) else out)
-                      .reshape(()))
-        if np.isfinite(value):
+        grads = backward(ctx, out)
+        value = _scalar(out.value if type(out) is EagerTensor else out)
+        if math.isfinite(value):
             ctx.apply_updates()           # running statistics, as the native step writes them
     finally:
         ctx.release()
         if collecting:
             gc.enable()
-    if warn:
+    if warn and any(g is None for g in grads):
         warn_unused(ps, grads)
     return value, grads
+
+
+def _scalar(x):
+    if type(x) is not np.ndarray or x.ndim:
+        x = np.asarray(x).reshape(())
+    return float(x)
 
 
 class EagerStep:
@@ -49,7 +55,7 @@ class EagerStep:
         loss, grads = eager_value_and_grads(self.loss, self.ps, batch)
         if self.opt is None:
             return loss, Grads(self.ps, grads)
-        if not np.isfinite(loss):
+        if not math.isfinite(loss):
             raise NonFiniteLoss(f"the loss is {loss}; nothing was updated")
         update_eager(self.opt, zip(self.ps, grads))
         return loss

@@ -1,6 +1,5 @@
 """Train and test modes (Flux's "auto"): Dropout and BatchNorm are active only while graphflux
 computes a gradient or a training step, unless gf.trainmode / gf.testmode forces a mode."""
-import contextlib
 
 from graphflux.compiler.tracer import current_context
 
@@ -10,15 +9,17 @@ _training = [False]
 EPOCH = [0]      # bumped on every forced mode change: compiled steps retrace when it moves
 
 
-@contextlib.contextmanager
-def training():
-    """Mark the code inside as computing a gradient (auto mode turns layers on)."""
-    previous = _training[0]
-    _training[0] = True
-    try:
-        yield
-    finally:
-        _training[0] = previous
+class training:
+    """Mark the code inside as computing a gradient (auto mode turns layers on). A class, not
+    a generator: eager mode enters it every step."""
+
+    def __enter__(self):
+        self.previous = _training[0]
+        _training[0] = True
+        return self
+
+    def __exit__(self, *exc):
+        _training[0] = self.previous
 
 
 def is_active(layer):

@@ -1,7 +1,6 @@
 """Tracing a user's loss into the step graph: parameters enter through their slots, data
 through positional arguments; then symbolic AD and, with an optimiser, its update rule traced on
 top. The result names each graph input's source so the runtime can bind it."""
-import contextlib
 import functools
 import hashlib
 import inspect
@@ -41,23 +40,31 @@ def check_params(ps):
     return dtype or np.dtype(np.float32)
 
 
-@contextlib.contextmanager
-def installed(ps, values):
+class installed:
     """Put `values[i]` into every slot params recorded for `ps[i]` that still holds it,
     restoring on exit. (A slot that now holds another array keeps it: the model no longer
-    uses the parameter there.)"""
-    saved = []
-    try:
-        for p, v in zip(ps, values):
-            for slot in ps.slots[id(p)]:
-                current = get_slot(slot)
-                if current is p:
-                    saved.append((slot, current))
-                    set_slot(slot, v)
-        yield
-    finally:
-        for slot, old in reversed(saved):
+    uses the parameter there.) A class, not a generator: eager mode enters it every step."""
+
+    def __init__(self, ps, values):
+        self.ps, self.values, self.saved = ps, values, []
+
+    def __enter__(self):
+        slots, saved = self.ps.slots, self.saved
+        try:
+            for p, v in zip(self.ps, self.values):
+                for slot in slots[id(p)]:
+                    if get_slot(slot) is p:
+                        saved.append((slot, p))
+                        set_slot(slot, v)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for slot, old in reversed(self.saved):
             set_slot(slot, old)
+        self.saved.clear()
 
 
 class TracedLoss:

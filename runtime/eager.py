@@ -14,13 +14,15 @@ from .numpy_impls import IMPLS
 
 
 class EagerTensor(Tracer):
-    """A numpy value with its tape entry: the op, its input values and the tensors among them,
-    and its position (`index`: on the tape from 0, parameters from -1 down)."""
+    """A numpy value with its tape entry: the op, its operands' values (`inputs`) and where
+    each came from (`refs`: a tape position or parameter position for a tensor, else what the
+    structure key records of a constant), and its own `index` (on the tape from 0, parameters
+    from -1 down)."""
 
-    __slots__ = ("value", "op", "inputs", "parents", "attrs", "ctx", "index")
+    __slots__ = ("value", "op", "inputs", "refs", "attrs", "ctx", "index")
 
-    def __init__(self, value, op, inputs, parents, attrs, ctx, index):
-        self.value, self.op, self.inputs, self.parents = value, op, inputs, parents
+    def __init__(self, value, op, inputs, refs, attrs, ctx, index):
+        self.value, self.op, self.inputs, self.refs = value, op, inputs, refs
         self.attrs, self.ctx, self.index = attrs, ctx, index
 
     shape = property(lambda self: self.value.shape)
@@ -37,14 +39,19 @@ class EagerTensor(Tracer):
 
 
 class EagerContext(Context):
+    """One eager evaluation of a loss over parameter arrays `arrays`: the tape, its structure
+    key (`signature`) and the state updates layers asked for."""
+
     computes = True
+
     def __init__(self, arrays):
+        self.arrays = list(arrays)
         self.tape = []
         self.signature = []  # per tape entry, what its VJP depends on besides values
         self.updates = []    # (array, new value), applied by the caller once the loss is finite
-        self.leaves = {}
-        for i, a in enumerate(arrays):
-            self.leaves[id(a)] = (a, EagerTensor(a, None, (), (), {}, self, -1 - i))
+        self.positions = {id(a): -1 - i for i, a in enumerate(self.arrays)}
+        self.leaves = [EagerTensor(a, None, (), (), None, self, -1 - i)
+                       for i, a in enumerate(self.arrays)]
 
     def add_update(self, array, value):
         self.updates.append((array, value.value if isinstance(value, EagerTensor) else value))
@@ -54,64 +61,60 @@ class EagerContext(Context):
             np.copyto(array, value)
 
     def leaf(self, array):
-        return self.leaves[id(array)][1]
+        return self.leaves[-1 - self.positions[id(array)]]
 
-    def lift(self, x):
-        entry = self.leaves.get(id(x))
-        if entry is not None:
-            return entry[1]
+    def _refuse_view(self, x):
         base = x.base
-        if base is None:
-            return None
         while base is not None:
-            if id(base) in self.leaves:
+            if id(base) in self.positions:
                 raise TraceError(
                     "a parameter was used through a numpy view or copy (for example W.T computed "
                     "by numpy on the array itself): graphflux cannot see through it. Use the "
                     f"layer's attribute inside the loss instead, at {user_source_line()}")
             base = base.base
-        return None
 
     def record(self, op, args, attrs):
-        leaves = self.leaves
-        vals, parents, refs, tracked = [], [], [], False
+        values, refs, tracked = [], [], False
         for a in args:
             cls = type(a)
             if cls is EagerTensor:
-                vals.append(a.value)
-                parents.append(a)
+                values.append(a.value)
                 refs.append(a.index)
                 tracked = True
                 continue
+            values.append(a)
             if cls is np.ndarray:
-                entry = leaves.get(id(a))
-                if entry is not None:
-                    vals.append(a)
-                    parents.append(entry[1])
-                    refs.append(entry[1].index)
+                position = self.positions.get(id(a))
+                if position is not None:
+                    refs.append(position)
                     tracked = True
                     continue
                 if a.base is not None:
-                    self.lift(a)            # refuses a numpy view of a parameter
+                    self._refuse_view(a)
                 refs.append((a.shape, a.dtype.char))
             else:   # numpy scalars keep their dtype in arithmetic, Python numbers are weak
                 refs.append(a.dtype.char if isinstance(a, np.generic) else cls)
-            vals.append(a)
-            parents.append(None)
         try:
-            fast = NUMPY_ELEMENTWISE.get(attrs["fn"]) if op == "elementwise" else None
-            value = fast(*vals) if fast is not None else IMPLS[op](*vals, **attrs)
+            if op == "elementwise":
+                fn = attrs["fn"]
+                fast = NUMPY_ELEMENTWISE.get(fn)
+                value = fast(*values) if fast is not None else IMPLS[op](*values, fn=fn)
+                key = fn
+            else:
+                value = IMPLS[op](*values, **attrs)
+                key = tuple(attrs.items())
         except ValueError as e:
-            shapes = ", ".join(str(np.shape(v)) for v in vals)
+            shapes = ", ".join(str(np.shape(v)) for v in values)
             raise ShapeError(f"{e} -- in {attrs.get('fn', op)} with operand shapes {shapes}, at "
                              f"{user_source_line()}") from None
         if not tracked:
             return value
         if op == "stop_gradient":    # untracked; a copy when it is a parameter's array
-            return np.array(value) if parents[0].op is None else value
-        t = EagerTensor(value, op, vals, parents, attrs, self, len(self.tape))
+            return np.array(value) if refs[0] < 0 else value
+        refs = tuple(refs)
+        t = EagerTensor(value, op, values, refs, attrs, self, len(self.tape))
         self.tape.append(t)
-        self.signature.append((op, tuple(attrs.items()), tuple(refs)))
+        self.signature.append((op, key, refs))
         return t
 
     def release(self):
@@ -122,47 +125,47 @@ class EagerContext(Context):
         self.leaves.clear()
 
 
-def backward(ctx, loss, wrt):
-    """Cotangents of `loss` (an EagerTensor) for each leaf array in `wrt` (None if unreached).
-    The first time a tape of some structure is seen, its entries' VJP rules run on numpy one
-    by one; from the second time on, the backward generated for that structure runs
-    (tape_backward), which computes the same numbers without a Python dispatch per op."""
-    if not isinstance(loss, EagerTensor):
-        return [None] * len(wrt)
-    leaves = [ctx.leaf(a) for a in wrt]
-    key = (tuple(ctx.signature), loss.index, tuple((t.index, t.value.shape, t.value.dtype.char)
-                                                    for t in leaves))
+def backward(ctx, loss):
+    """Cotangents of `loss` (an EagerTensor) for each of the context's parameter arrays (None
+    if unreached), as fresh arrays the caller owns. The first time a tape of some structure
+    is seen, its entries' VJP rules run on numpy one by one; from the second time on, the
+    backward generated for that structure runs (tape_backward), which computes the same
+    numbers without a Python dispatch per op."""
+    arrays = ctx.arrays
+    if type(loss) is not EagerTensor:
+        return [None] * len(arrays)
+    key = (tuple(ctx.signature), loss.index, tuple((a.shape, a.dtype.char) for a in arrays))
     generated = tape_backward.lookup(key)
     if generated is not None:
-        grads = generated(ctx.tape, wrt)
+        grads = generated(ctx.tape, arrays)
     else:
-        grads = run_vjp_rules(ctx.tape, loss, leaves)
-        tape_backward.seen(key, ctx.tape, loss, leaves)
+        grads = run_vjp_rules(ctx.tape, loss, len(arrays))
+        tape_backward.seen(key, ctx.tape, loss, ctx.leaves)
     out, seen = [], set()
-    for a, g in zip(wrt, grads):
-        if g is not None and (type(g) is not np.ndarray or g.dtype != a.dtype or g.base is not None
-                              or not g.flags.c_contiguous or id(g) in seen):
-            g = np.array(g, dtype=a.dtype)
+    for a, g in zip(arrays, grads):
         if g is not None:
+            if type(g) is not np.ndarray or g.dtype != a.dtype or g.base is not None \
+                    or id(g) in seen or not g.flags.c_contiguous:
+                g = np.array(g, dtype=a.dtype)
             seen.add(id(g))
         out.append(g)
     return out
 
 
-def run_vjp_rules(tape, loss, leaves):
-    """The backward pass op by op: each entry's VJP rule on numpy arrays, from the loss back.
-    Runs outside any context, so the rules' op calls compute with numpy directly."""
+def run_vjp_rules(tape, loss, n_params):
+    """The backward pass op by op: each entry's VJP rule on numpy arrays, from the loss back;
+    returns the cotangent per parameter position. Runs outside any context, so the rules' op
+    calls compute with numpy directly."""
     cot = {loss.index: np.ones((), dtype=loss.dtype)}
     pop = cot.pop
     for t in reversed(tape):
         g = pop(t.index, None)
         if g is None:
             continue
-        parents = t.parents
-        grads = VJP_RULES[t.op](g, t.value, t.inputs, t.attrs, [p is not None for p in parents])
-        for p, gi in zip(parents, grads):
-            if p is not None and gi is not None:
-                key = p.index
-                prev = cot.get(key)
-                cot[key] = gi if prev is None else prev + gi
-    return [cot.get(t.index) for t in leaves]
+        refs = t.refs
+        grads = VJP_RULES[t.op](g, t.value, t.inputs, t.attrs, [type(r) is int for r in refs])
+        for r, gi in zip(refs, grads):
+            if gi is not None and type(r) is int:
+                prev = cot.get(r)
+                cot[r] = gi if prev is None else prev + gi
+    return [cot.get(-1 - i) for i in range(n_params)]

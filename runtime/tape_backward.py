@@ -65,7 +65,6 @@ def _trace(tape, loss, leaves):
     the rules read, where each input's value is found, output position per leaf)."""
     ctx = TraceContext()
     symbols, fetch = {}, []
-    leaf_position = {t.index: i for i, t in enumerate(leaves)}
 
     def symbol(where, like, dtype):
         if where not in symbols:
@@ -77,14 +76,15 @@ def _trace(tape, loss, leaves):
             fetch.append(where)
         return symbols[where]
 
-    def value(t):
-        where = ("param", leaf_position[t.index]) if t.index < 0 else ("value", t.index)
+    def value(index):
+        t = tape[index] if index >= 0 else leaves[-1 - index]
+        where = ("param", -1 - index) if index < 0 else ("value", index)
         return symbol(where, t.value, t.value.dtype)
 
     def operand(t, j):
-        p = t.parents[j]
-        return value(p) if p is not None else symbol(("input", t.index, j), t.inputs[j],
-                                                     t.value.dtype)
+        r = t.refs[j]
+        return value(r) if type(r) is int else symbol(("input", t.index, j), t.inputs[j],
+                                                      t.value.dtype)
 
     seed = Node("const", (), {}, (), loss.dtype, "", np.ones((), loss.dtype))
     cot = {loss.index: ctx.wrap(seed)}
@@ -93,13 +93,13 @@ def _trace(tape, loss, leaves):
             g = cot.pop(t.index, None)
             if g is None:
                 continue
-            need = [p is not None for p in t.parents]
-            grads = VJP_RULES[t.op](g, value(t), [operand(t, j) for j in range(len(t.inputs))],
-                                    t.attrs, need)
-            for p, gi in zip(t.parents, grads):
-                if p is not None and gi is not None:
-                    prev = cot.get(p.index)
-                    cot[p.index] = gi if prev is None else ops.add(prev, gi)
+            need = [type(r) is int for r in t.refs]
+            grads = VJP_RULES[t.op](g, value(t.index),
+                                    [operand(t, j) for j in range(len(t.inputs))], t.attrs, need)
+            for r, gi in zip(t.refs, grads):
+                if gi is not None and type(r) is int:
+                    prev = cot.get(r)
+                    cot[r] = gi if prev is None else ops.add(prev, gi)
     outputs, slots = [], []
     for t in leaves:
         g = cot.get(t.index)
