@@ -34,13 +34,15 @@ def numpy_function(graph):
     target is written once nothing later reads its old value. Its `source` attribute holds the
     generated code."""
     nodes = toposort(graph.roots())
-    uses = {}
+    uses, readers = {}, {}
     for n in nodes:
         for i in n.inputs:
             uses[i.id] = uses.get(i.id, 0) + 1
+            readers.setdefault(i.id, []).append(n)
     rooted = {n.id for n in graph.roots()}
     names = {n.id: f"i{k}" for k, n in enumerate(graph.inputs)}
     namespace, lines = {"np": np}, []
+    folded = {}     # broadcast node id -> its operand's shape, for broadcasts left to numpy
 
     def constant(value, prefix):
         key = f"{prefix}{len(namespace)}"
@@ -54,8 +56,14 @@ def numpy_function(graph):
             names[n.id] = constant(n.value, "c")
             continue
         args = [names[i.id] for i in n.inputs]
+        if n.op == "stop_gradient" or (n.op == "broadcast" and n.id not in rooted and
+                                       _broadcast_is_implicit(n, readers[n.id], folded)):
+            names[n.id] = args[0]
+            if n.op == "broadcast":
+                folded[n.id] = n.inputs[0].shape
+            continue
         ufunc = None
-        inline = n.op == "elementwise" and is_exact(n.attrs["fn"])
+        inline = n.op == "elementwise" and _inline_keeps_shape(n, folded)
         if inline:
             expr = _inline(n.attrs["fn"], args, lines, names, n.inputs)
             if n.attrs["fn"] in UFUNCS:
@@ -63,6 +71,8 @@ def numpy_function(graph):
         elif n.op == "elementwise":
             f = constant(elementwise_function(n.attrs["fn"]), "f")
             expr = f"{f}({', '.join(args)})"
+        elif n.op in SOURCE:
+            expr = SOURCE[n.op](*args, **n.attrs)
         else:
             f = constant(IMPLS[n.op], "f")
             expr = f"{f}({', '.join(args)}, **{constant(dict(n.attrs), 'a')})"
@@ -81,6 +91,62 @@ def numpy_function(graph):
     function = namespace[graph.name]
     function.source = source
     return function
+
+
+# The structural ops as numpy source: the expressions their IMPLS entries evaluate, printed
+# into the function instead of called through a keyword-argument wrapper.
+SOURCE = {
+    "reduce_sum": lambda x, axes, keepdims:
+        f"np.add.reduce({x}, axis={axes!r}, keepdims={keepdims!r})",
+    "reduce_max": lambda x, axes, keepdims:
+        f"np.maximum.reduce({x}, axis={axes!r}, keepdims={keepdims!r})",
+    "matmul": lambda a, b, ta, tb: f"({a}){'.T' if ta else ''} @ ({b}){'.T' if tb else ''}",
+    "reshape": lambda x, shape: f"({x}).reshape({shape!r})",
+    "transpose": lambda x, perm: f"({x}).transpose({perm!r})",
+}
+
+
+def _inline_keeps_shape(node, folded):
+    """Whether elementwise `node`'s sympy expression, printed inline, gives its shape and
+    dtype: always for an exact function; for one with unused operands (a cotangent that does
+    not read the primal output, say) when the operands it reads span the node's shape in the
+    node's dtype. Piecewise expressions keep their generated function (np.where fix-ups)."""
+    name = node.attrs["fn"]
+    if is_exact(name) and not any(i.id in folded for i in node.inputs):
+        return True
+    fn = ew.get(name)
+    if _is_piecewise(fn):
+        return False
+    used = [i for s, i in zip(fn.symbols, node.inputs) if s in fn.expr.free_symbols]
+    return bool(used) and all(i.dtype == node.dtype for i in used) and tuple(
+        np.broadcast_shapes(*[folded.get(i.id, i.shape) for i in used])) == tuple(node.shape)
+
+
+def _is_piecewise(fn):
+    import sympy as sp      # loaded already: fn.expr is a sympy expression
+    return fn.expr.has(sp.Piecewise)
+
+
+def _broadcast_is_implicit(node, readers, folded):
+    """Whether broadcast `node` can be left to numpy's own broadcasting: every reader is an
+    elementwise op printed inline whose other operands already span its shape in its dtype
+    (another broadcast operand counted at its unbroadcast shape, since it may be left too).
+    The materialised copy is then skipped, and the numbers are the same."""
+    source = node.inputs[0]
+    for r in readers:
+        if r.op != "elementwise" or _is_piecewise(ew.get(r.attrs["fn"])):
+            return False
+        fn = ew.get(r.attrs["fn"])
+        shapes = []
+        for s, i in zip(fn.symbols, r.inputs):
+            if i.dtype != r.dtype:
+                return False
+            if s in fn.expr.free_symbols:
+                shapes.append(source.shape if i is node else i.inputs[0].shape
+                              if i.op == "broadcast" else folded.get(i.id, i.shape))
+        if tuple(np.broadcast_shapes(*shapes)) != tuple(r.shape):
+            return False
+    return True
 
 
 def _write_update(lines, outputs, target, value):

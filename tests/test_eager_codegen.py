@@ -30,6 +30,48 @@ def test_generated_function_matches_the_interpreter(program, seed):
         np.testing.assert_array_equal(np.asarray(value), expected[name])
 
 
+def _graph(fn, *shapes):
+    ctx = TraceContext()
+    xs = [ctx.new_input(s, np.float64, f"x{i}", "data") for i, s in enumerate(shapes)]
+    with ctx:
+        outs = fn(*xs)
+    return Graph(list(ctx.inputs), [(f"o{i}", o.node) for i, o in enumerate(outs)])
+
+
+@pytest.mark.parametrize("fn, shapes, materialised", [
+    # the other operand spans (3, 4): numpy broadcasts the (3, 1) column itself
+    (lambda x, c: [ops.mul(x, ops.broadcast_to(c, (3, 4)))], [(3, 4), (3, 1)], 0),
+    # two broadcasts into one add: leaving both to numpy would make the sum (3, 1); each
+    # counts the other at its unbroadcast shape, so both stay
+    (lambda c, r: [ops.add(ops.broadcast_to(c, (3, 4)), ops.broadcast_to(r, (3, 4)))],
+     [(3, 1), (3, 1)], 2),
+    # an output keeps its full shape
+    (lambda x, c: [ops.broadcast_to(c, (3, 4)), ops.add(x, ops.broadcast_to(c, (3, 4)))],
+     [(3, 4), (3, 1)], 1),
+    # relu's cotangent (a np.where select) is a generated function: its g stays materialised
+    (lambda x, c: [ops.elementwise("v0_relu", x, ops.relu(x), ops.broadcast_to(c, (3, 4)))],
+     [(3, 4), (3, 1)], 1),
+])
+def test_broadcasts_are_left_to_numpy_only_where_that_keeps_shapes(fn, shapes, materialised):
+    graph = _graph(fn, *shapes)
+    rng = np.random.default_rng(0)
+    binding = {n.id: rng.standard_normal(s) for n, s in zip(graph.inputs, shapes)}
+    expected, _ = evaluate(graph, binding)
+    f = numpy_function(graph)
+    for (name, _), value in zip(graph.outputs, f(*[binding[n.id] for n in graph.inputs])):
+        assert value.shape == expected[name].shape
+        np.testing.assert_array_equal(value, expected[name])
+    # a materialised broadcast is the only call through an IMPLS wrapper (keyword attributes)
+    assert f.source.count("**") == materialised, f.source
+
+
+def test_structural_ops_are_printed_as_numpy_expressions():
+    graph = _graph(lambda a, b: [ops.sum(ops.matmul(a, b, tb=True), 1, keepdims=True)],
+                   (3, 4), (5, 4))
+    source = numpy_function(graph).source
+    assert "@ (i1).T" in source and "np.add.reduce(" in source and "**" not in source, source
+
+
 def _update_graph():
     """m <- 0.9 m + g; x <- x - 0.1 m (reads the new m); v <- v + x (reads x before update)."""
     ctx = TraceContext()

@@ -40,6 +40,16 @@ def _random_graph(program, rng):
                 v = (ops.sum if k % 2 else ops.max)(a, -1 if a.ndim else None)
             elif kind == "transpose":
                 v = ops.transpose(ops.transpose(a)) if a.ndim == 2 else ops.neg(a)
+            elif kind == "broadcast":
+                if a.ndim == 2 and k % 2:
+                    a = ops.sum(a, 1, keepdims=True)
+                try:
+                    full = np.broadcast_shapes(a.shape, (3, 4)) == (3, 4)
+                except ValueError:
+                    full = False
+                v = ops.broadcast_to(a, (3, 4) if full else (2,) + tuple(a.shape))
+                if full and k >= 4:     # straight into an elementwise op with x, (3, 4)
+                    v = ops.elementwise(BINARY[k % len(BINARY)], v, x)
             else:
                 if a.ndim == 2 and b.ndim == 2 and a.shape[1] == b.shape[0]:
                     v = ops.matmul(a, b)
@@ -54,7 +64,7 @@ def _random_graph(program, rng):
 
 
 instruction = st.tuples(st.sampled_from(["unary", "binary", "const", "reduce", "transpose",
-                                         "matmul"]),
+                                         "matmul", "broadcast"]),
                         st.integers(0, 20), st.integers(0, 20), st.integers(0, 9))
 
 
