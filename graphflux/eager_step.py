@@ -15,9 +15,11 @@ from .signature import check_batch
 from .tracing import check_params, installed
 
 
-def eager_value_and_grads(f, ps, args=(), warn=True):
-    """(loss value as float, list of gradient arrays or None) of `f(*args)` over params `ps`."""
-    ctx = EagerContext(ps)
+def eager_value_and_grads(f, ps, args=(), warn=True, ctx=None):
+    """(loss value as float, list of gradient arrays or None) of `f(*args)` over params `ps`,
+    recorded in `ctx` (an idle EagerContext over `ps`; a new one by default)."""
+    ctx = EagerContext(ps) if ctx is None else ctx
+    ctx.idle = False
     collecting = gc.isenabled()
     gc.disable()        # a step allocates thousands of short-lived objects; the tape is
     try:                # released explicitly below, so cyclic collection adds only cost
@@ -49,10 +51,13 @@ class EagerStep:
         self.loss, self.ps, self.opt = loss, as_params(ps), opt
         self.dtype = check_params(self.ps)
         self._warned = set()
+        self._ctx = EagerContext(self.ps)   # reused step after step: its leaves stay
 
     def __call__(self, *batch):
         batch = check_batch(batch, self.dtype, self._warned)
-        loss, grads = eager_value_and_grads(self.loss, self.ps, batch)
+        if not self._ctx.idle:     # a step called from inside its own loss
+            self._ctx = EagerContext(self.ps)
+        loss, grads = eager_value_and_grads(self.loss, self.ps, batch, ctx=self._ctx)
         if self.opt is None:
             return loss, Grads(self.ps, grads)
         if not math.isfinite(loss):

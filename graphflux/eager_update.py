@@ -10,6 +10,7 @@ from graphflux.compiler.graph import Graph
 from graphflux.compiler.tracer import TraceContext
 from graphflux.runtime.numpy_codegen import numpy_function
 
+from .optimise import Rule
 from .tracing import optimiser_description, trace_update
 
 _FUNCTIONS = {}
@@ -28,27 +29,32 @@ def update_function(opt, x):
     return f
 
 
-def _cast_scalars(opt, host, dtype):
-    """The step's scalars as numpy scalars of the parameter's dtype, in `opt.scalars` order
-    (the order trace_update made them inputs), so the arithmetic matches the compiled step."""
-    cast = dtype.type
-    return tuple(cast(v) for v in opt.scalars(host).values())
-
-
 def update_eager(opt, pairs):
     """Apply `opt` to (x, g) pairs as one step (the schedule's `prepare` runs once; parameters
-    with the same host state share one set of scalars)."""
-    records = [(opt.slot(x), g) for x, g in pairs if g is not None]
-    opt.prepare([st for st, _ in records])
+    with the same host state share one set of scalars, cast to the parameter's dtype in
+    `opt.scalars` order -- the order trace_update made them inputs -- so the arithmetic
+    matches the compiled step)."""
+    slot, records = opt.slot, []
+    for x, g in pairs:
+        if g is not None:
+            records.append((slot(x), g))
+    rule = type(opt)
+    if rule.prepare is not Rule.prepare:
+        opt.prepare([st for st, _ in records])
+    advances = rule.advance is not Rule.advance
     shared = {}
     for st, g in records:
-        x = st.x
-        key = (st.host, x.dtype)
+        x, host = st.x, st.host
+        dtype = x.dtype
+        key = (host, dtype.char)
         scalars = shared.get(key)
         if scalars is None:
-            scalars = shared[key] = _cast_scalars(opt, *key)
-        if st.numpy_update is None:
-            st.numpy_update = update_function(opt, x)
-        st.numpy_update(x, g if type(g) is np.ndarray and g.dtype == x.dtype
-                        else np.asarray(g, dtype=x.dtype), *st.arrays.values(), *scalars)
-        st.host = opt.advance(st.host)
+            scalars = shared[key] = tuple(map(dtype.type, opt.scalars(host).values()))
+        update = st.numpy_update
+        if update is None:
+            update = st.numpy_update = update_function(opt, x)
+        if type(g) is not np.ndarray or g.dtype != dtype:
+            g = np.asarray(g, dtype=dtype)
+        update(x, g, *st.arrays.values(), *scalars)
+        if advances:
+            st.host = opt.advance(host)

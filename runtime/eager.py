@@ -52,6 +52,7 @@ class EagerContext(Context):
         self.positions = {id(a): -1 - i for i, a in enumerate(self.arrays)}
         self.leaves = [EagerTensor(a, None, (), (), None, self, -1 - i)
                        for i, a in enumerate(self.arrays)]
+        self.idle = True     # False from the start of an evaluation until release()
 
     def add_update(self, array, value):
         self.updates.append((array, value.value if isinstance(value, EagerTensor) else value))
@@ -119,10 +120,12 @@ class EagerContext(Context):
 
     def release(self):
         """Drop the tape (it and the tensors refer to each other, so without this only the
-        cyclic garbage collector would free a step's arrays)."""
+        cyclic garbage collector would free a step's arrays); the context can then record
+        the next evaluation over the same parameters."""
         self.tape.clear()
         self.signature.clear()
-        self.leaves.clear()
+        self.updates.clear()
+        self.idle = True
 
 
 def backward(ctx, loss):
