@@ -230,12 +230,15 @@ def max(x, axis=None, keepdims=False):  # noqa: A001
 def mean(x, axis=None, keepdims=False):
     x = _as_float(x)
     axes = _axes(x, axis)
-    count = math.prod(x.shape[a] for a in axes)
-    return mul(sum(x, axes, keepdims), 1.0 / count)
+    shape = x.shape
+    total = bind("reduce_sum", (x,), {"axes": axes, "keepdims": bool(keepdims)})
+    return mul(total, 1.0 / math.prod([shape[a] for a in axes]))
 
 
 def _as_float(x):
-    if type(x) is np.ndarray and x.dtype.kind == "f":
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and dtype.kind == "f" and (type(x) is np.ndarray or
+                                                     isinstance(x, Tracer)):
         return x
     if not _is_tensor(x):
         x = np.asarray(x) if isinstance(x, np.generic) else np.asarray(x, dtype=np.float64)

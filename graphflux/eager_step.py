@@ -15,9 +15,10 @@ from .signature import check_batch
 from .tracing import check_params, installed
 
 
-def eager_value_and_grads(f, ps, args=(), warn=True, ctx=None):
+def eager_value_and_grads(f, ps, args=(), warn=True, ctx=None, owned=True):
     """(loss value as float, list of gradient arrays or None) of `f(*args)` over params `ps`,
-    recorded in `ctx` (an idle EagerContext over `ps`; a new one by default)."""
+    recorded in `ctx` (an idle EagerContext over `ps`; a new one by default). With `owned`
+    the gradients are fresh arrays the caller may keep (runtime.eager.backward)."""
     ctx = EagerContext(ps) if ctx is None else ctx
     ctx.idle = False
     collecting = gc.isenabled()
@@ -25,7 +26,7 @@ def eager_value_and_grads(f, ps, args=(), warn=True, ctx=None):
     try:                # released explicitly below, so cyclic collection adds only cost
         with installed(ps, ctx.leaves), ctx, training():
             out = f(*args)
-        grads = backward(ctx, out)
+        grads = backward(ctx, out, owned)
         value = _scalar(out.value if type(out) is EagerTensor else out)
         if math.isfinite(value):
             ctx.apply_updates()           # running statistics, as the native step writes them
@@ -57,7 +58,8 @@ class EagerStep:
         batch = check_batch(batch, self.dtype, self._warned)
         if not self._ctx.idle:     # a step called from inside its own loss
             self._ctx = EagerContext(self.ps)
-        loss, grads = eager_value_and_grads(self.loss, self.ps, batch, ctx=self._ctx)
+        loss, grads = eager_value_and_grads(self.loss, self.ps, batch, ctx=self._ctx,
+                                            owned=self.opt is None)
         if self.opt is None:
             return loss, Grads(self.ps, grads)
         if not math.isfinite(loss):

@@ -122,6 +122,20 @@ def set_slot(slot, value):
         setattr(container, key, value)
 
 
+def swap_slot(slot, old, new):
+    """Store `new` in `slot` if it holds `old`; whether it did."""
+    container, key = slot
+    if isinstance(container, (list, dict)):
+        if container[key] is not old:
+            return False
+        container[key] = new
+    elif getattr(container, key) is not old:
+        return False
+    else:
+        setattr(container, key, new)
+    return True
+
+
 class Grads(Mapping):
     """Gradients keyed by parameter identity: `gs[p]` is a fresh array the caller owns, or None
     where the loss does not depend on `p`. `gs1 + gs2` and `gs * c` accumulate."""

@@ -15,7 +15,7 @@ from graphflux.compiler.graph import Graph
 from graphflux.compiler.tracer import Tracer, TraceContext
 
 from .modes import training
-from .params import get_slot, set_slot, warn_unused
+from .params import set_slot, swap_slot, warn_unused
 
 
 class ParameterError(GraphfluxError, TypeError):
@@ -53,9 +53,8 @@ class installed:
         try:
             for p, v in zip(self.ps, self.values):
                 for slot in slots[id(p)]:
-                    if get_slot(slot) is p:
+                    if swap_slot(slot, p, v):
                         saved.append((slot, p))
-                        set_slot(slot, v)
         except BaseException:
             self.__exit__()
             raise

@@ -128,31 +128,33 @@ class EagerContext(Context):
         self.idle = True
 
 
-def backward(ctx, loss):
+def backward(ctx, loss, owned=True):
     """Cotangents of `loss` (an EagerTensor) for each of the context's parameter arrays (None
-    if unreached), as fresh arrays the caller owns. The first time a tape of some structure
-    is seen, its entries' VJP rules run on numpy one by one; from the second time on, the
-    backward generated for that structure runs (tape_backward), which computes the same
-    numbers without a Python dispatch per op."""
+    if unreached). With `owned` they are fresh C-contiguous arrays of the parameter's dtype
+    that the caller may keep; an optimiser that only reads them passes owned=False. (A
+    cotangent is never a parameter's own array: every VJP rule computes it from the seed.)
+    The first time a tape of some structure is seen, its entries' VJP rules run on numpy one
+    by one; from the second time on, the backward generated for that structure runs
+    (tape_backward), which computes the same numbers without a Python dispatch per op."""
     arrays = ctx.arrays
     if type(loss) is not EagerTensor:
         return [None] * len(arrays)
     key = (tuple(ctx.signature), loss.index, tuple((a.shape, a.dtype.char) for a in arrays))
     generated = tape_backward.lookup(key)
     if generated is not None:
-        grads = generated(ctx.tape, arrays)
+        grads = generated.run(ctx.tape, arrays)
     else:
         grads = run_vjp_rules(ctx.tape, loss, len(arrays))
         tape_backward.seen(key, ctx.tape, loss, ctx.leaves)
-    out, seen = [], set()
-    for a, g in zip(arrays, grads):
-        if g is not None:
-            if type(g) is not np.ndarray or g.dtype != a.dtype or g.base is not None \
-                    or id(g) in seen or not g.flags.c_contiguous:
-                g = np.array(g, dtype=a.dtype)
-            seen.add(id(g))
-        out.append(g)
-    return out
+    if owned:
+        seen = set()
+        for i, (a, g) in enumerate(zip(arrays, grads)):
+            if g is not None:
+                if type(g) is not np.ndarray or g.dtype != a.dtype or g.base is not None \
+                        or id(g) in seen or not g.flags.c_contiguous:
+                    g = grads[i] = np.array(g, dtype=a.dtype)
+                seen.add(id(g))
+    return grads
 
 
 def run_vjp_rules(tape, loss, n_params):

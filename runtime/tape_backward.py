@@ -47,17 +47,14 @@ def seen(key, tape, loss, leaves):
 
 
 class GeneratedBackward:
-    """Called with a tape of its structure and the parameter arrays, returns the cotangent of
-    each parameter (None where the loss does not reach it)."""
+    """`run(tape, params)`, given a tape of its structure and the parameter arrays, returns the
+    cotangent of each parameter (None where the loss does not reach it); `function` is the
+    generated numpy function it calls."""
 
     def __init__(self, tape, loss, leaves):
-        graph, fetch, self.slots = _trace(tape, loss, leaves)
+        graph, fetch, slots = _trace(tape, loss, leaves)
         self.function = numpy_function(graph)
-        self.fetch = _fetcher(fetch)
-
-    def __call__(self, tape, params):
-        outs = self.function(*self.fetch(tape, params))
-        return [None if k is None else outs[k] for k in self.slots]
+        self.run = _runner(self.function, fetch, slots)
 
 
 def _trace(tape, loss, leaves):
@@ -115,16 +112,19 @@ def _trace(tape, loss, leaves):
     return graph, [fetch[k] for k in keep], slots
 
 
-def _fetcher(fetch):
-    """A generated function (tape, params) -> the graph's input values, in order."""
-    parts = []
+def _runner(function, fetch, slots):
+    """A generated function (tape, params) -> cotangent per parameter: it reads the graph's
+    input values where `fetch` says, calls `function` and places its outputs by `slots`."""
+    args = []
     for where in fetch:
         if where[0] == "value":
-            parts.append(f"T[{where[1]}].value")
+            args.append(f"T[{where[1]}].value")
         elif where[0] == "param":
-            parts.append(f"P[{where[1]}]")
+            args.append(f"P[{where[1]}]")
         else:
-            parts.append(f"T[{where[1]}].inputs[{where[2]}]")
-    namespace = {}
-    exec(f"def fetch(T, P):\n    return ({''.join(p + ', ' for p in parts)})\n", namespace)
-    return namespace["fetch"]
+            args.append(f"T[{where[1]}].inputs[{where[2]}]")
+    placed = ", ".join("None" if k is None else f"o[{k}]" for k in slots)
+    namespace = {"function": function}
+    exec(f"def run(T, P):\n    o = function({', '.join(args)})\n    return [{placed}]\n",
+         namespace)
+    return namespace["run"]

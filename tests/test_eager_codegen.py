@@ -172,3 +172,18 @@ def test_eager_update_matches_the_rule_op_by_op(opt):
         np.testing.assert_array_equal(x, reference_x)
         for k, v in opt.slot(x).arrays.items():
             np.testing.assert_array_equal(v, reference_state[k])
+
+
+def test_every_gradient_is_computed_before_any_parameter_is_updated():
+    """d sum(a * b) / da depends on b and d/db on a: the eager step must apply both updates
+    from the old values, as Flux's update! does (run 3 times: op by op, then the generated
+    backward, whose gradients are passed to the optimiser without copying)."""
+    w = [np.array([1.0, 2.0]), np.array([3.0, -1.0])]
+    a, b = w
+    step = gf.compile(lambda: gf.sum(w[0] * w[1]), gf.params(w), gf.Descent(0.1), mode="eager")
+    ra, rb = a.copy(), b.copy()
+    for _ in range(3):
+        step()
+        ra, rb = ra - 0.1 * rb, rb - 0.1 * ra
+        np.testing.assert_array_equal(a, ra)
+        np.testing.assert_array_equal(b, rb)
