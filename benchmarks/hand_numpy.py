@@ -20,7 +20,7 @@ class SeedMLP:
         h = 1 / (1 + np.exp(-(x @ W1.T + b1)))
         z = h @ W2.T + b2
         e = np.exp(z - z.max(axis=1, keepdims=True))
-        p = e / e.sum(axis=1, keepdims=True)
+        p = e * (1 / e.sum(axis=1, keepdims=True))   # one division per row, as gf.softmax
         d = p - y
         loss = np.mean(d * d)
         gp = d * np.float32(2 / d.size)

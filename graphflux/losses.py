@@ -8,6 +8,7 @@ import numpy as np
 from graphflux.compiler import ops
 from graphflux.compiler.errors import GraphfluxError, ShapeError
 from graphflux.compiler.source import user_source_line
+from graphflux.compiler.tracer import Tracer
 
 from .activations import logsigmoid, logsoftmax
 
@@ -34,7 +35,8 @@ def _shape(a):
 
 def _check_sizes(ŷ, y, loss):
     """Flux's _check_sizes: equal shapes, except that y may be a number."""
-    if type(y) in (float, int) or isinstance(y, numbers.Number):
+    if type(y) is not np.ndarray and not isinstance(y, Tracer) and \
+            isinstance(y, numbers.Number):
         return
     if _shape(ŷ) != _shape(y):
         raise ShapeError(f"{loss}(ŷ, y) needs ŷ and y of the same shape, got ŷ {_shape(ŷ)} "
