@@ -40,7 +40,8 @@ def eager_value_and_grads(f, ps, args=(), warn=True, ctx=None, owned=True):
 
 
 def _scalar(x):
-    if type(x) is not np.ndarray or x.ndim:
+    """The loss as a Python float (a numpy scalar, a number, or an array of one element)."""
+    if type(x) is np.ndarray and x.ndim or not isinstance(x, (np.generic, np.ndarray, float)):
         x = np.asarray(x).reshape(())
     return float(x)
 

@@ -29,6 +29,7 @@ class Params:
         self._arrays = []
         self._index = {}
         self.slots = {}   # id(array) -> list of (container, key)
+        self._flat = None  # cached slot_list()
         self.names = {}   # id(array) -> dotted path, for listings and messages
         for x in xs:
             self.add(x)
@@ -42,7 +43,16 @@ class Params:
             self.names[key] = name or f"p{len(self._arrays) - 1}"
         if slot is not None and slot not in self.slots[key]:
             self.slots[key].append(slot)
+            self._flat = None
         return self
+
+    def slot_list(self):
+        """Every slot as (array position, array, container, key, whether it is an item of a
+        list or dict rather than an attribute) -- for swapping tracers in and out each step."""
+        if self._flat is None:
+            self._flat = [(i, a, c, k, isinstance(c, (list, dict)))
+                          for i, a in enumerate(self._arrays) for c, k in self.slots[id(a)]]
+        return self._flat
 
     def index(self, x):
         return self._index[id(x)]
@@ -112,28 +122,6 @@ def get_slot(slot):
     if isinstance(container, (list, dict)):
         return container[key]
     return getattr(container, key)
-
-
-def set_slot(slot, value):
-    container, key = slot
-    if isinstance(container, (list, dict)):
-        container[key] = value
-    else:
-        setattr(container, key, value)
-
-
-def swap_slot(slot, old, new):
-    """Store `new` in `slot` if it holds `old`; whether it did."""
-    container, key = slot
-    if isinstance(container, (list, dict)):
-        if container[key] is not old:
-            return False
-        container[key] = new
-    elif getattr(container, key) is not old:
-        return False
-    else:
-        setattr(container, key, new)
-    return True
 
 
 class Grads(Mapping):

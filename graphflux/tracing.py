@@ -15,7 +15,7 @@ from graphflux.compiler.graph import Graph
 from graphflux.compiler.tracer import Tracer, TraceContext
 
 from .modes import training
-from .params import set_slot, swap_slot, warn_unused
+from .params import warn_unused
 
 
 class ParameterError(GraphfluxError, TypeError):
@@ -43,26 +43,34 @@ def check_params(ps):
 class installed:
     """Put `values[i]` into every slot params recorded for `ps[i]` that still holds it,
     restoring on exit. (A slot that now holds another array keeps it: the model no longer
-    uses the parameter there.) A class, not a generator: eager mode enters it every step."""
+    uses the parameter there.) A class over Params.slot_list, not a generator: eager mode
+    enters it every step."""
 
     def __init__(self, ps, values):
         self.ps, self.values, self.saved = ps, values, []
 
     def __enter__(self):
-        slots, saved = self.ps.slots, self.saved
+        values, saved = self.values, self.saved
         try:
-            for p, v in zip(self.ps, self.values):
-                for slot in slots[id(p)]:
-                    if swap_slot(slot, p, v):
-                        saved.append((slot, p))
+            for i, p, container, key, item in self.ps.slot_list():
+                if item:
+                    if container[key] is p:
+                        saved.append((container, key, item, p))
+                        container[key] = values[i]
+                elif getattr(container, key) is p:
+                    saved.append((container, key, item, p))
+                    setattr(container, key, values[i])
         except BaseException:
             self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc):
-        for slot, old in reversed(self.saved):
-            set_slot(slot, old)
+        for container, key, item, p in reversed(self.saved):
+            if item:
+                container[key] = p
+            else:
+                setattr(container, key, p)
         self.saved.clear()
 
 

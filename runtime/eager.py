@@ -139,7 +139,7 @@ def backward(ctx, loss, owned=True):
     arrays = ctx.arrays
     if type(loss) is not EagerTensor:
         return [None] * len(arrays)
-    key = (tuple(ctx.signature), loss.index, tuple((a.shape, a.dtype.char) for a in arrays))
+    key = (tuple(ctx.signature), loss.index, tuple([(a.shape, a.dtype.char) for a in arrays]))
     generated = tape_backward.lookup(key)
     if generated is not None:
         grads = generated.run(ctx.tape, arrays)
