@@ -34,8 +34,11 @@ def eager_value_and_grads(f, ps, args=(), warn=True, ctx=None, owned=True):
         ctx.release()
         if collecting:
             gc.enable()
-    if warn and any(g is None for g in grads):
-        warn_unused(ps, grads)
+    if warn:
+        for g in grads:
+            if g is None:
+                warn_unused(ps, grads)
+                break
     return value, grads
 
 
