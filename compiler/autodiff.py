@@ -42,7 +42,9 @@ def _keepdims_shape(x, axes):
 
 def _vjp_reduce_sum(g, out, ins, attrs, need):
     x = ins[0]
-    return [ops.broadcast_to(ops.reshape(g, _keepdims_shape(x, attrs["axes"])), x.shape)]
+    if len(g.shape):        # a 0-d total broadcasts as it is
+        g = ops.reshape(g, _keepdims_shape(x, attrs["axes"]))
+    return [ops.broadcast_to(g, x.shape)]
 
 
 def _vjp_reduce_max(g, out, ins, attrs, need):
