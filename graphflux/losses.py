@@ -30,7 +30,8 @@ def _check_agg(agg):
 
 
 def _shape(a):
-    return tuple(a.shape) if hasattr(a, "shape") else np.shape(a)
+    shape = getattr(a, "shape", None)
+    return tuple(shape) if shape is not None else np.shape(a)
 
 
 def _check_sizes(ŷ, y, loss):

@@ -187,3 +187,38 @@ def test_every_gradient_is_computed_before_any_parameter_is_updated():
         ra, rb = ra - 0.1 * rb, rb - 0.1 * ra
         np.testing.assert_array_equal(a, ra)
         np.testing.assert_array_equal(b, rb)
+
+
+def test_parameters_are_swapped_into_every_kind_of_slot_and_back():
+    """installed() puts each parameter's stand-in into attributes, list items and dict items
+    that still hold it, leaves a slot that now holds another array alone, and restores
+    everything when the body raises."""
+    from graphflux.tracing import installed
+
+    class Holder:
+        pass
+    w, v, u = np.ones(2), np.zeros(3), np.full(4, 2.0)
+    holder, items, table = Holder(), [v], {"u": u}
+    holder.w = w
+    ps = gf.params(holder, items, table)
+    stand_ins = [object() for _ in ps]
+    moved = np.ones(2)
+    with pytest.raises(RuntimeError):
+        with installed(ps, stand_ins):
+            assert holder.w is stand_ins[0] and items[0] is stand_ins[1]
+            assert table["u"] is stand_ins[2]
+            raise RuntimeError("inside the loss")
+    assert holder.w is w and items[0] is v and table["u"] is u
+    holder.w = moved              # the model no longer uses w there
+    with installed(ps, stand_ins):
+        assert holder.w is moved and items[0] is stand_ins[1]
+    assert holder.w is moved and items[0] is v
+
+
+def test_slot_list_sees_slots_added_after_it_was_built():
+    a = np.ones(2)
+    holder = [a]
+    ps = gf.params(a)
+    assert ps.slot_list() == []
+    ps.add(a, (holder, 0))
+    assert [(i, c is holder, k) for i, _, c, k, _ in ps.slot_list()] == [(0, True, 0)]
