@@ -34,6 +34,21 @@ class Context:
         _stack.pop()
 
 
+def refuse_parameter_view(x, parameter_ids):
+    """Raise if array `x` is a numpy view of a parameter (id in `parameter_ids`): W.T computed
+    by numpy on the array itself would otherwise become a silent constant."""
+    base = x.base
+    while base is not None:
+        if id(base) in parameter_ids:
+            raise TraceError(
+                "a parameter was used through a numpy view or copy (for example W.T computed "
+                "by numpy on the array itself): graphflux cannot see through it. Use the "
+                "parameter in graphflux ops or Python operators on the layer's attribute "
+                f"(e.g. gf.transpose(W) / x @ layer.weight.T inside the loss), at "
+                f"{user_source_line()}")
+        base = base.base
+
+
 class Tracer:
     """An array stand-in. Subclasses provide `ctx`, `shape` and `dtype`."""
 
@@ -136,16 +151,7 @@ class TraceContext(Context):
         key = id(x)
         if key in self.params:
             return self.wrap(self.params[key][1])
-        base = x.base
-        while base is not None:
-            if id(base) in self.params:
-                raise TraceError(
-                    "a parameter was used through a numpy view or copy (for example W.T computed "
-                    "by numpy on the array itself): graphflux cannot see through it. Use the "
-                    "parameter in graphflux ops or Python operators on the layer's attribute "
-                    f"(e.g. gf.transpose(W) / x @ layer.weight.T inside the loss), at "
-                    f"{user_source_line()}")
-            base = base.base
+        refuse_parameter_view(x, self.params)
         if key not in self.captured:
             self._refuse_copies_of_parameters(x)
             k = len(self.captured)

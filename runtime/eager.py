@@ -4,10 +4,10 @@ bench` compares against and the second implementation tests compare with."""
 import numpy as np
 
 from graphflux.compiler.autodiff import VJP_RULES
-from graphflux.compiler.errors import ShapeError, TraceError
+from graphflux.compiler.errors import ShapeError
 from graphflux.compiler.ops import NUMPY_ELEMENTWISE
 from graphflux.compiler.source import user_source_line
-from graphflux.compiler.tracer import Context, Tracer
+from graphflux.compiler.tracer import Context, Tracer, refuse_parameter_view
 
 from . import tape_backward
 from .numpy_impls import IMPLS
@@ -64,16 +64,6 @@ class EagerContext(Context):
     def leaf(self, array):
         return self.leaves[-1 - self.positions[id(array)]]
 
-    def _refuse_view(self, x):
-        base = x.base
-        while base is not None:
-            if id(base) in self.positions:
-                raise TraceError(
-                    "a parameter was used through a numpy view or copy (for example W.T computed "
-                    "by numpy on the array itself): graphflux cannot see through it. Use the "
-                    f"layer's attribute inside the loss instead, at {user_source_line()}")
-            base = base.base
-
     def record(self, op, args, attrs):
         values, refs, tracked = [], [], False
         for a in args:
@@ -91,7 +81,7 @@ class EagerContext(Context):
                     tracked = True
                     continue
                 if a.base is not None:
-                    self._refuse_view(a)
+                    refuse_parameter_view(a, self.positions)
                 refs.append((a.shape, a.dtype.char))
             else:   # numpy scalars keep their dtype in arithmetic, Python numbers are weak
                 refs.append(a.dtype.char if isinstance(a, np.generic) else cls)
