@@ -34,19 +34,25 @@ class Context:
         _stack.pop()
 
 
-def refuse_parameter_view(x, parameter_ids):
-    """Raise if array `x` is a numpy view of a parameter (id in `parameter_ids`): W.T computed
-    by numpy on the array itself would otherwise become a silent constant."""
-    base = x.base
-    while base is not None:
-        if id(base) in parameter_ids:
+def buffer_owner(a):
+    """The object at the end of array `a`'s base chain: the owner of its memory."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
+def refuse_parameter_view(x, params_by_owner):
+    """Raise if array `x` shares memory with a parameter: a numpy view of it (W.T computed by
+    numpy on the array itself) would otherwise become a silent constant. `params_by_owner`
+    maps id(buffer_owner(p)) to the parameters p whose memory that object owns."""
+    for p in params_by_owner.get(id(buffer_owner(x)), ()):
+        if np.shares_memory(x, p):
             raise TraceError(
                 "a parameter was used through a numpy view or copy (for example W.T computed "
                 "by numpy on the array itself): graphflux cannot see through it. Use the "
                 "parameter in graphflux ops or Python operators on the layer's attribute "
                 f"(e.g. gf.transpose(W) / x @ layer.weight.T inside the loss), at "
                 f"{user_source_line()}")
-        base = base.base
 
 
 class Tracer:
@@ -106,6 +112,7 @@ class TraceContext(Context):
 
     def __init__(self, params=None):
         self.params = {}          # id(array) -> (array, Node)
+        self.param_owners = {}    # id(buffer owner) -> parameters in its memory
         self.captured = {}        # id(array) -> (array, Node)
         self.inputs = []          # input nodes in creation order
         self.updates = []         # (input node, new value node): state written by the step
@@ -135,6 +142,7 @@ class TraceContext(Context):
     def add_param(self, arr, name, ref):
         t = self.new_input(arr.shape, arr.dtype, name, "param", ref)
         self.params[id(arr)] = (arr, t.node)
+        self.param_owners.setdefault(id(buffer_owner(arr)), []).append(arr)
         return t
 
     def wrap(self, node):
@@ -151,7 +159,7 @@ class TraceContext(Context):
         key = id(x)
         if key in self.params:
             return self.wrap(self.params[key][1])
-        refuse_parameter_view(x, self.params)
+        refuse_parameter_view(x, self.param_owners)
         if key not in self.captured:
             self._refuse_copies_of_parameters(x)
             k = len(self.captured)

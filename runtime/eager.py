@@ -7,7 +7,7 @@ from graphflux.compiler.autodiff import VJP_RULES
 from graphflux.compiler.errors import ShapeError
 from graphflux.compiler.ops import NUMPY_ELEMENTWISE
 from graphflux.compiler.source import user_source_line
-from graphflux.compiler.tracer import Context, Tracer, refuse_parameter_view
+from graphflux.compiler.tracer import Context, Tracer, buffer_owner, refuse_parameter_view
 
 from . import tape_backward
 from .numpy_impls import IMPLS
@@ -50,6 +50,9 @@ class EagerContext(Context):
         self.signature = []  # per tape entry, what its VJP depends on besides values
         self.updates = []    # (array, new value), applied by the caller once the loss is finite
         self.positions = {id(a): -1 - i for i, a in enumerate(self.arrays)}
+        self.owners = {}     # id(buffer owner) -> parameters in its memory
+        for a in self.arrays:
+            self.owners.setdefault(id(buffer_owner(a)), []).append(a)
         self.leaves = [EagerTensor(a, None, (), (), None, self, -1 - i)
                        for i, a in enumerate(self.arrays)]
         self.idle = True     # False from the start of an evaluation until release()
@@ -80,8 +83,7 @@ class EagerContext(Context):
                     refs.append(position)
                     tracked = True
                     continue
-                if a.base is not None:
-                    refuse_parameter_view(a, self.positions)
+                refuse_parameter_view(a, self.owners)
                 refs.append((a.shape, a.dtype.char))
             else:   # numpy scalars keep their dtype in arithmetic, Python numbers are weak
                 refs.append(a.dtype.char if isinstance(a, np.generic) else cls)

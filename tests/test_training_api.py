@@ -422,3 +422,18 @@ def test_a_numpy_copy_of_a_parameter_is_refused(copy):
     with pytest.raises(gf.GraphfluxError, match="copy"):
         gf.gradient(lambda: gf.sum(gf.matmul(x, frozen)), ps)
     np.testing.assert_array_equal(w, saved)
+
+
+@pytest.mark.parametrize("mode", ["compiled", "eager"])
+@pytest.mark.parametrize("own_memory", [True, False])
+def test_a_numpy_view_of_a_parameter_is_refused_in_both_modes(mode, own_memory):
+    """W.T made by numpy outside the slot, whether W owns its memory or is itself a view
+    (a reshape of a flat buffer, whose transpose's base is that buffer, not W)."""
+    flat = np.arange(6, dtype=np.float32)
+    w = flat.reshape(3, 2).copy() if own_memory else flat.reshape(3, 2)
+    ps = gf.params({"w": w})
+    view = w.T
+    x = np.ones((4, 2), np.float32)
+    with pytest.raises(gf.GraphfluxError, match="view or copy"):
+        gf.gradient(lambda: gf.sum(gf.matmul(x, view)), ps, mode=mode)
+    np.testing.assert_array_equal(w, np.arange(6, dtype=np.float32).reshape(3, 2))
