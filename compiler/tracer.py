@@ -55,6 +55,21 @@ def refuse_parameter_view(x, params_by_owner):
                 f"{user_source_line()}")
 
 
+def refuse_parameter_copy(x, named_params):
+    """An array equal to a parameter (with at least two distinct values, so a zero bias and a
+    zero mask are not confused) is a numpy copy of it -- W.copy(), np.array(W),
+    W.astype(...) -- which would silently freeze the parameter into a constant.
+    `named_params` holds (array, name) pairs."""
+    for arr, name in named_params:
+        if arr.shape == x.shape and arr.size > 1 and np.array_equal(arr, x) \
+                and not np.all(arr == arr.flat[0]):
+            raise TraceError(
+                f"an array equal to parameter {name} reached the loss: it looks like a numpy "
+                "copy of it (W.copy(), np.array(W), W.astype(...)), which graphflux cannot "
+                f"differentiate. Use the parameter itself (cast with gf ops if needed), at "
+                f"{user_source_line()}")
+
+
 class Tracer:
     """An array stand-in. Subclasses provide `ctx`, `shape` and `dtype`."""
 
@@ -161,7 +176,8 @@ class TraceContext(Context):
             return self.wrap(self.params[key][1])
         refuse_parameter_view(x, self.param_owners)
         if key not in self.captured:
-            self._refuse_copies_of_parameters(x)
+            refuse_parameter_copy(x, [(arr, node.attrs["name"])
+                                      for arr, node in self.params.values()])
             k = len(self.captured)
             t = self.new_input(x.shape, x.dtype, f"captured{k}", "captured", ("captured", k))
             # native code reads inputs densely: a strided view is bound as a copy made now
@@ -169,18 +185,6 @@ class TraceContext(Context):
             self.captured[key] = (bound, t.node)
         return self.wrap(self.captured[key][1])
 
-    def _refuse_copies_of_parameters(self, x):
-        """An array equal to a parameter (with at least two distinct values, so a zero bias
-        and a zero mask are not confused) is a numpy copy of it -- W.copy(), np.array(W),
-        W.astype(...) -- which would silently freeze the parameter into a constant."""
-        for arr, node in self.params.values():
-            if arr.shape == x.shape and arr.size > 1 and np.array_equal(arr, x) \
-                    and not np.all(arr == arr.flat[0]):
-                raise TraceError(
-                    f"an array equal to parameter {node.attrs['name']} reached the loss: it looks "
-                    "like a numpy copy of it (W.copy(), np.array(W), W.astype(...)), which "
-                    "graphflux cannot differentiate. Use the parameter itself (cast with "
-                    f"gf ops if needed), at {user_source_line()}")
 
     def accepts(self, tracer):
         return False

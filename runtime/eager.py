@@ -7,7 +7,8 @@ from graphflux.compiler.autodiff import VJP_RULES
 from graphflux.compiler.errors import ShapeError
 from graphflux.compiler.ops import NUMPY_ELEMENTWISE
 from graphflux.compiler.source import user_source_line
-from graphflux.compiler.tracer import Context, Tracer, buffer_owner, refuse_parameter_view
+from graphflux.compiler.tracer import (Context, Tracer, buffer_owner, refuse_parameter_copy,
+                                       refuse_parameter_view)
 
 from . import tape_backward
 from .numpy_impls import IMPLS
@@ -46,6 +47,10 @@ class EagerContext(Context):
 
     def __init__(self, arrays):
         self.arrays = list(arrays)
+        name = getattr(arrays, "name", None)    # a Params names its arrays
+        self.named = [(a, name(a) if name else f"p{i}") for i, a in enumerate(self.arrays)]
+        self.shapes = {a.shape for a in self.arrays}
+        self.copies = set()  # ids of the parameter copies stop_gradient made this evaluation
         self.tape = []
         self.signature = []  # per tape entry, what its VJP depends on besides values
         self.updates = []    # (array, new value), applied by the caller once the loss is finite
@@ -83,7 +88,10 @@ class EagerContext(Context):
                     refs.append(position)
                     tracked = True
                     continue
-                refuse_parameter_view(a, self.owners)
+                if a.base is not None or id(a) in self.owners:
+                    refuse_parameter_view(a, self.owners)
+                if a.shape in self.shapes and id(a) not in self.copies:
+                    refuse_parameter_copy(a, self.named)
                 refs.append((a.shape, a.dtype.char))
             else:   # numpy scalars keep their dtype in arithmetic, Python numbers are weak
                 refs.append(a.dtype.char if isinstance(a, np.generic) else cls)
@@ -103,7 +111,11 @@ class EagerContext(Context):
         if not tracked:
             return value
         if op == "stop_gradient":    # untracked; a copy when it is a parameter's array
-            return np.array(value) if refs[0] < 0 else value
+            if refs[0] >= 0:
+                return value
+            value = np.array(value)
+            self.copies.add(id(value))
+            return value
         refs = tuple(refs)
         t = EagerTensor(value, op, values, refs, attrs, self, len(self.tape))
         self.tape.append(t)
@@ -117,6 +129,7 @@ class EagerContext(Context):
         self.tape.clear()
         self.signature.clear()
         self.updates.clear()
+        self.copies.clear()
         self.idle = True
 
 
