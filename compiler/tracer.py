@@ -61,8 +61,9 @@ def refuse_parameter_copy(x, named_params):
     W.astype(...) -- which would silently freeze the parameter into a constant.
     `named_params` holds (array, name) pairs."""
     for arr, name in named_params:
-        if arr.shape == x.shape and arr.size > 1 and np.array_equal(arr, x) \
-                and not np.all(arr == arr.flat[0]):
+        if arr.shape == x.shape and arr.size > 1 and arr.item(0) == x.item(0) \
+                and arr.item(-1) == x.item(-1) and np.array_equal(arr, x) \
+                and not np.all(arr == arr.flat[0]):     # the ends first: eager checks often
             raise TraceError(
                 f"an array equal to parameter {name} reached the loss: it looks like a numpy "
                 "copy of it (W.copy(), np.array(W), W.astype(...)), which graphflux cannot "

@@ -48,8 +48,9 @@ class EagerContext(Context):
     def __init__(self, arrays):
         self.arrays = list(arrays)
         name = getattr(arrays, "name", None)    # a Params names its arrays
-        self.named = [(a, name(a) if name else f"p{i}") for i, a in enumerate(self.arrays)]
-        self.shapes = {a.shape for a in self.arrays}
+        self.by_shape = {}   # shape -> (array, name) of the parameters of that shape
+        for i, a in enumerate(self.arrays):
+            self.by_shape.setdefault(a.shape, []).append((a, name(a) if name else f"p{i}"))
         self.copies = set()  # ids of the parameter copies stop_gradient made this evaluation
         self.tape = []
         self.signature = []  # per tape entry, what its VJP depends on besides values
@@ -90,8 +91,9 @@ class EagerContext(Context):
                     continue
                 if a.base is not None or id(a) in self.owners:
                     refuse_parameter_view(a, self.owners)
-                if a.shape in self.shapes and id(a) not in self.copies:
-                    refuse_parameter_copy(a, self.named)
+                same_shape = self.by_shape.get(a.shape)
+                if same_shape and id(a) not in self.copies:
+                    refuse_parameter_copy(a, same_shape)
                 refs.append((a.shape, a.dtype.char))
             else:   # numpy scalars keep their dtype in arithmetic, Python numbers are weak
                 refs.append(a.dtype.char if isinstance(a, np.generic) else cls)
