@@ -1,9 +1,11 @@
 """A graph as one generated Python function of numpy expressions.
 
-Eager mode runs the optimiser's update with it: the rule does not depend on user code, so it is
-traced once per parameter shape, and each step pays one Python call plus the numpy arithmetic
-instead of an op-function dispatch per arithmetic op. Each node computes what its numpy
-implementation computes, in the same order, so the numbers equal running the rule op by op."""
+Eager mode runs the optimiser's update (traced once per parameter shape) and the backward of a
+tape structure (tape_backward) with it: each step pays one Python call plus the numpy
+arithmetic instead of an op-function dispatch per arithmetic op. Each node computes what its
+numpy implementation computes, in the same order, so the numbers equal running the graph op by
+op; what changes is only how: elementwise expressions inline, structural ops as expressions,
+broadcasts left to numpy where that gives the same operands."""
 import re
 
 import numpy as np
