@@ -186,7 +186,6 @@ class TraceContext(Context):
             self.captured[key] = (bound, t.node)
         return self.wrap(self.captured[key][1])
 
-
     def accepts(self, tracer):
         return False
 

@@ -3,7 +3,6 @@ pass applies the same VJP rules as symbolic AD, on numpy arrays. It is the basel
 bench` compares against and the second implementation tests compare with."""
 import numpy as np
 
-from graphflux.compiler.autodiff import VJP_RULES
 from graphflux.compiler.errors import ShapeError
 from graphflux.compiler.ops import NUMPY_ELEMENTWISE
 from graphflux.compiler.source import user_source_line
@@ -69,9 +68,6 @@ class EagerContext(Context):
     def apply_updates(self):
         for array, value in self.updates:
             np.copyto(array, value)
-
-    def leaf(self, array):
-        return self.leaves[-1 - self.positions[id(array)]]
 
     def record(self, op, args, attrs):
         values, refs, tracked = [], [], False
@@ -168,16 +164,6 @@ def run_vjp_rules(tape, loss, n_params):
     """The backward pass op by op: each entry's VJP rule on numpy arrays, from the loss back;
     returns the cotangent per parameter position. Runs outside any context, so the rules' op
     calls compute with numpy directly."""
-    cot = {loss.index: np.ones((), dtype=loss.dtype)}
-    pop = cot.pop
-    for t in reversed(tape):
-        g = pop(t.index, None)
-        if g is None:
-            continue
-        refs = t.refs
-        grads = VJP_RULES[t.op](g, t.value, t.inputs, t.attrs, [type(r) is int for r in refs])
-        for r, gi in zip(refs, grads):
-            if gi is not None and type(r) is int:
-                prev = cot.get(r)
-                cot[r] = gi if prev is None else prev + gi
+    cot = tape_backward.sweep(tape, loss.index, np.ones((), dtype=loss.dtype),
+                              lambda t: t.value, lambda t: t.inputs)
     return [cot.get(-1 - i) for i in range(n_params)]

@@ -57,6 +57,25 @@ class GeneratedBackward:
         self.run = _runner(self.function, fetch, slots)
 
 
+def sweep(tape, loss_index, seed, value, operands):
+    """The reverse pass over `tape` from cotangent `seed` at the loss: each entry's VJP rule
+    with `value(entry)` and `operands(entry)`, sums where a value is used twice. Returns the
+    cotangents by tape or parameter position. On numpy values (outside any context) it is the
+    op-by-op backward; inside a TraceContext on symbols, the graph that backward generates."""
+    cot = {loss_index: seed}
+    for t in reversed(tape):
+        g = cot.pop(t.index, None)
+        if g is None:
+            continue
+        refs = t.refs
+        grads = VJP_RULES[t.op](g, value(t), operands(t), t.attrs, [type(r) is int for r in refs])
+        for r, gi in zip(refs, grads):
+            if gi is not None and type(r) is int:
+                prev = cot.get(r)
+                cot[r] = gi if prev is None else ops.add(prev, gi)
+    return cot
+
+
 def _trace(tape, loss, leaves):
     """The VJP rules traced over a symbolic copy of `tape`: (graph whose inputs are the values
     the rules read, where each input's value is found, output position per leaf)."""
@@ -84,19 +103,9 @@ def _trace(tape, loss, leaves):
                                                       t.value.dtype)
 
     seed = Node("const", (), {}, (), loss.dtype, "", np.ones((), loss.dtype))
-    cot = {loss.index: ctx.wrap(seed)}
     with ctx:
-        for t in reversed(tape):
-            g = cot.pop(t.index, None)
-            if g is None:
-                continue
-            need = [type(r) is int for r in t.refs]
-            grads = VJP_RULES[t.op](g, value(t.index),
-                                    [operand(t, j) for j in range(len(t.inputs))], t.attrs, need)
-            for r, gi in zip(t.refs, grads):
-                if gi is not None and type(r) is int:
-                    prev = cot.get(r)
-                    cot[r] = gi if prev is None else ops.add(prev, gi)
+        cot = sweep(tape, loss.index, ctx.wrap(seed), lambda t: value(t.index),
+                    lambda t: [operand(t, j) for j in range(len(t.inputs))])
     outputs, slots = [], []
     for t in leaves:
         g = cot.get(t.index)
