@@ -74,21 +74,24 @@ def toposort(roots):
 
 
 class Graph:
-    """A step: ordered `inputs` (source nodes the caller binds), named `outputs`, and `updates`,
-    pairs (input node, new value) written back in place after the step.
+    """A step: ordered `inputs` (source nodes the caller binds), named `outputs`, `updates`,
+    pairs (input node, new value) written back in place after the step, and `checks`, pairs
+    (parameter index, gradient node) that must be finite before any update is written.
 
     `groups` maps node id -> fusion group number once `fuse_elementwise` has run, so listings
     show which nodes become one loop."""
 
-    def __init__(self, inputs, outputs, updates=(), name="step", groups=None):
+    def __init__(self, inputs, outputs, updates=(), name="step", groups=None, checks=()):
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.updates = list(updates)
+        self.checks = list(checks)
         self.name = name
         self.groups = dict(groups or {})
 
     def roots(self):
-        return [n for _, n in self.outputs] + [v for _, v in self.updates]
+        return [n for _, n in self.outputs] + [v for _, v in self.updates] + \
+            [g for _, g in self.checks]
 
     @property
     def nodes(self):
@@ -102,7 +105,8 @@ class Graph:
         get = lambda n: mapping.get(n.id, n)
         return Graph(self.inputs, [(k, get(n)) for k, n in self.outputs],
                      [(t, get(v)) for t, v in self.updates], self.name,
-                     self.groups if groups is None else groups)
+                     self.groups if groups is None else groups,
+                     [(i, get(g)) for i, g in self.checks])
 
     def __len__(self):
         return len(self.nodes)
@@ -144,6 +148,8 @@ def format_graph(graph):
         lines.append(f"  output {k} = {names[n.id]}")
     for t, v in graph.updates:
         lines.append(f"  update {t.attrs.get('name', names[t.id])} <- {names[v.id]}")
+    for i, g in graph.checks:
+        lines.append(f"  check finite {names[g.id]} (gradient of parameter {i})")
     lines.append("}")
     return "\n".join(lines)
 

@@ -5,15 +5,16 @@ exported step function that calls them in order.
 
 `bufs[0]` is the arena, `bufs[i]` the i-th external array (inputs, parameters, state, constants,
 outputs); `scalars` the float64 host scalars (learning rate, beta^t, ...). The step runs every
-compute kernel, then checks that the loss is finite: if not it returns 1 before the update
-kernels, so parameters and optimiser state are never written from a non-finite step."""
+compute kernel, then checks that the loss is finite (else it returns 1) and that every gradient
+is (else it returns 2 + the parameter's index), before the update kernels: parameters,
+optimiser state, running statistics and counters are never written from a non-finite step."""
 import numpy as np
 from llvmlite import ir
 
 from . import transcendental as tr
 from .loops import I64, for_range, gep, i64
 from .matmul import declare_gemm
-from .plan import GemmKernel, RandomKernel
+from .plan import FiniteCheckKernel, GemmKernel, RandomKernel
 from .scalar_codegen import emit_expressions
 
 PTR = ir.PointerType()
@@ -163,6 +164,56 @@ def emit_random_kernel(module, kern):
     return fn, buffers
 
 
+def emit_finite_check(module, kern):
+    """flag = sum of (x - x) over the gradient, accumulated in its own type (so the loop
+    vectorises like any sum) and stored as a double."""
+    src = kern.src
+    ty = llvm_type(src.dtype)
+    buffers = _distinct_buffers([src, kern.flag])
+    fn = _kernel_function(module, kern.name, buffers)
+    arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    acc = b.alloca(ty, name="acc")
+    b.store(ir.Constant(ty, 0.0), acc)
+    shape, (strides,) = _collapse(src.shape, [src.strides])
+
+    def body(indices):
+        off = i64(src.offset)
+        for i, st in zip(indices, strides):
+            if st:
+                off = b.add(off, b.mul(i, i64(st)))
+        x = b.load(gep(b, arg[id(src.buffer)], off, ty), typ=ty)
+        b.store(b.fadd(b.load(acc, typ=ty), b.fsub(x, x), flags=REDUCE_FLAGS), acc)
+
+    def nest(depth, indices):
+        if depth == len(shape):
+            body(indices)
+            return
+        for_range(b, 0, shape[depth], lambda i: nest(depth + 1, indices + [i]),
+                  name=f"d{depth}")
+    if int(np.prod(src.shape, dtype=np.int64)):
+        nest(0, [])
+    total = b.load(acc, typ=ty)
+    if not isinstance(ty, ir.DoubleType):
+        total = b.fpext(total, ir.DoubleType())
+    b.store(total, gep(b, arg[id(kern.flag.buffer)], kern.flag.offset, ir.DoubleType()))
+    b.ret_void()
+    return fn, buffers
+
+
+EMITTERS = {RandomKernel: emit_random_kernel, FiniteCheckKernel: emit_finite_check}
+
+
+def _branch_unless(b, step, ok, status, what):
+    """Return `status` from the step unless `ok`; go on in a new block otherwise."""
+    bad = step.append_basic_block(f"nonfinite_{what}")
+    good = step.append_basic_block(f"{what}_finite")
+    b.cbranch(ok, good, bad)
+    b.position_at_end(bad)
+    b.ret(I32(status))
+    b.position_at_end(good)
+
+
 def lower(plan, step_name, vector_width):
     """The LLVM module (llvmlite.ir) of a Plan, exporting `step_name`."""
     module = ir.Module(name=step_name)
@@ -197,8 +248,7 @@ def lower(plan, step_name, vector_width):
                    + [i64(v) for v in (kern.m, kern.n, kern.k)]
                    + [i64(v) for v in kern.a.strides + kern.b.strides])
         else:
-            emit = emit_random_kernel if isinstance(kern, RandomKernel) else emit_loop_kernel
-            fn, buffers = emit(module, kern)
+            fn, buffers = EMITTERS.get(type(kern), emit_loop_kernel)(module, kern)
             b.call(fn, [base(buf) for buf in buffers])
 
     for kern in plan.kernels:
@@ -206,13 +256,12 @@ def lower(plan, step_name, vector_width):
     if plan.loss_layout is not None:
         ty = llvm_type(plan.loss_layout.dtype)
         loss = b.load(at(plan.loss_layout), typ=ty, name="loss")
-        finite = b.fcmp_ordered("<", tr.call(b, "fabs", ty, loss), ir.Constant(ty, np.inf))
-        bad = step.append_basic_block("nonfinite")
-        good = step.append_basic_block("update")
-        b.cbranch(finite, good, bad)
-        b.position_at_end(bad)
-        b.ret(I32(1))
-        b.position_at_end(good)
+        _branch_unless(b, step, b.fcmp_ordered("<", tr.call(b, "fabs", ty, loss),
+                                               ir.Constant(ty, np.inf)), 1, "loss")
+    for kern in plan.checks:
+        flag = b.load(at(kern.flag), typ=ir.DoubleType(), name=f"finite{kern.index}")
+        _branch_unless(b, step, b.fcmp_ordered("==", flag, ir.Constant(ir.DoubleType(), 0.0)),
+                       2 + kern.index, f"gradient{kern.index}")
     for kern in plan.update_kernels:
         call_kernel(kern)
     b.ret(I32(0))

@@ -95,6 +95,18 @@ class RandomKernel:
 
 
 @dataclass
+class FiniteCheckKernel:
+    """flag = sum of (x - x) over the gradient `src`: 0 when every element is finite, NaN
+    otherwise (inf - inf and NaN - NaN are NaN; without nnan/ninf fast-math LLVM may not fold
+    x - x). The step reads the flags after every compute kernel, before the first write."""
+    name: str
+    src: Layout
+    flag: Layout
+    index: int               # the parameter whose gradient this is
+    nodes: list = field(default_factory=list)
+
+
+@dataclass
 class Plan:
     kernels: list            # compute kernels in order
     update_kernels: list     # copies into parameters/state, run only when the loss is finite
@@ -105,6 +117,7 @@ class Plan:
     arena_bytes: int
     loss_layout: Layout
     flops: int
+    checks: list             # FiniteCheckKernels, in parameter order (also in `kernels`)
 
 
 def _broadcast_strides(layout, shape):
@@ -188,6 +201,8 @@ class Planner:
         loss_layout = None
         if loss is not None:
             loss_layout = Layout(self.output_buffers["loss"], 0, (), (), loss.dtype)
+        checks = self._finite_checks(g.checks)
+        self.kernels.extend(checks)
         updates = self._updates_in_place(g.updates)
         for target, value in g.updates:
             if value.id not in self.written_in_place:
@@ -195,7 +210,23 @@ class Planner:
                                                  f"update_{target.attrs.get('name', target.id)}"))
         arena = self._assign_arena(self.kernels + updates)
         return Plan(self.kernels, updates, self.ext_slots, self.scalar_refs, self.constants,
-                    arena, loss_layout, self.flops)
+                    arena, loss_layout, self.flops, checks)
+
+    def _finite_checks(self, checks):
+        """One kernel per gradient, each summing into its float64 slot of one flags buffer:
+        one buffer, so its region stays live from the first check to the last, after which
+        the step reads every flag."""
+        if not checks:
+            return []
+        flags = Buffer("arena", 8 * len(checks), name="finite")
+        self.arena_buffers.append(flags)
+        kernels = []
+        for k, (index, node) in enumerate(checks):
+            _check_dtype(node.dtype, node.source)
+            flag = Layout(flags, k, (), (), np.dtype(np.float64))
+            kernels.append(FiniteCheckKernel(f"finite{index}", self.layout(node), flag, index,
+                                             [node]))
+        return kernels
 
     def _updates_in_place(self, updates):
         """Move loops whose only results are new values of parameters or state (the optimiser
@@ -396,6 +427,7 @@ class Planner:
                 used.update(i.id for i in n.inputs if i.id in ids)
         used.update(n.id for _, n in self.graph.outputs if n.id in ids)
         used.update(v.id for _, v in self.graph.updates if v.id in ids)
+        used.update(g.id for _, g in self.graph.checks if g.id in ids)
         return used
 
     def _gemm(self, node):
@@ -493,6 +525,8 @@ def _kernel_inputs(kern):
         return [kern.a, kern.b]
     if isinstance(kern, RandomKernel):
         return [kern.counter]
+    if isinstance(kern, FiniteCheckKernel):
+        return [kern.src]
     return [lay for lay, _ in kern.inputs]
 
 
@@ -501,6 +535,8 @@ def _kernel_layouts(kern):
         return [kern.a, kern.b, kern.out]
     if isinstance(kern, RandomKernel):
         return [kern.counter, kern.out]
+    if isinstance(kern, FiniteCheckKernel):
+        return [kern.src, kern.flag]
     return [lay for lay, _ in kern.inputs] + [lay for lay, _, _ in kern.outputs]
 
 

@@ -180,10 +180,11 @@ class TraceContext(Context):
             refuse_parameter_copy(x, [(arr, node.attrs["name"])
                                       for arr, node in self.params.values()])
             k = len(self.captured)
-            t = self.new_input(x.shape, x.dtype, f"captured{k}", "captured", ("captured", k))
-            # native code reads inputs densely: a strided view is bound as a copy made now
-            bound = x if x.flags.c_contiguous else np.ascontiguousarray(x)
-            self.captured[key] = (bound, t.node)
+            dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
+            t = self.new_input(x.shape, dtype, f"captured{k}", "captured", ("captured", k))
+            # the array itself: whoever binds it copies one that native code cannot read by
+            # pointer (strided, big-endian) on every call, so later changes to it are seen
+            self.captured[key] = (x, t.node)
         return self.wrap(self.captured[key][1])
 
     def accepts(self, tracer):

@@ -1,10 +1,11 @@
 """`gf.compile`: a training step specialised per input signature, run as one native call.
 
-The hot path (`CompiledStep.__call__` -> `_Entry.run`) does only what cannot be avoided: check
+The hot path (`CompiledStep.__call__` -> `_run`) does only what cannot be avoided: check
 the batch, look up the signature, write the batch's pointers and the host scalars, call."""
 import logging
 import os
 import tempfile
+import threading
 import time
 import traceback
 
@@ -13,14 +14,17 @@ import numpy as np
 from graphflux.compiler.pipeline import compile_graph, graph_key, prepare_libraries
 from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
-from graphflux.runtime.interpreter import first_nonfinite
 
-from . import modes
+from . import bindings
 from .eager_step import EagerStep
-from .errors import NonFiniteLoss
+from .errors import ArgumentError, UsageError
+from .nonfinite import nonfinite_error
+from .optimise import Rule
 from .params import Grads, as_params, get_slot, warn_names
-from .signature import check_batch, describe_change, signature
-from .tracing import check_params, optimiser_description, step_graph, trace_loss
+from .signature import (check_batch, describe_change, fast_key, is_native_dense, native_dense,
+                        signature)
+from .tracing import (ParameterError, check_params, optimiser_description, step_graph,
+                      trace_loss)
 
 log = logging.getLogger("graphflux")
 
@@ -106,7 +110,9 @@ def input_array(ref, ps, opt, batch, captured):
 
 
 class _Entry:
-    """One artifact bound to this step's arrays."""
+    """One artifact bound to this step's arrays. Parameters, optimiser state and running
+    statistics are bound by pointer once; captured arrays native code cannot read by pointer
+    (strided, big-endian, subclasses) through a buffer refreshed on every call."""
 
     def __init__(self, step, traced, art):
         self.art = art
@@ -114,13 +120,16 @@ class _Entry:
         self.ex = ex = Executable(art.binary)
         self.data_slots = []
         self.slot_checks = []
+        self.copies = []        # (native buffer, the captured array it mirrors)
         ps, opt = step.ps, step.opt
+        targets = {t.attrs["ref"] for t, _ in traced.graph.updates}
         self.keep = []
         for ref, slot in ex.input_slot.items():
             if ref[0] == "data":
                 self.data_slots.append((slot, ref[1]))
                 continue
-            arr = input_array(ref, ps, opt, None, traced.captured)
+            arr = bound_array(input_array(ref, ps, opt, None, traced.captured), ref in targets,
+                              self.copies)
             self.keep.append(arr)
             ex.native.pointers[slot] = arr.ctypes.data
         self.scalar_plan = []    # (param, [scalar names]) in the order of the scalars vector
@@ -146,30 +155,57 @@ class _Entry:
         return None
 
 
+def bound_array(arr, written, copies):
+    """The array to bind for a captured input: `arr` itself when native code may use its
+    pointer; otherwise a copy that `copies` refreshes before every call. An array the step
+    writes (a running statistic, a counter) must be bindable as it is."""
+    if is_native_dense(arr):
+        return arr
+    if written:
+        raise ParameterError(
+            f"an array the step updates in place (shape {arr.shape}, {arr.dtype}, "
+            f"{type(arr).__name__}) must be a C-contiguous ndarray in native byte order; "
+            "replace it with np.ascontiguousarray(x, dtype=x.dtype.newbyteorder('='))")
+    buf = native_dense(arr)
+    copies.append((buf, arr))
+    return buf
+
+
 class CompiledStep:
     """`step(*batch)`: with an optimiser, loss + gradients + update in one native call,
-    returning the loss; without, returns (loss, Grads)."""
+    returning the loss; without, returns (loss, Grads). Calls take turns (the native call
+    shares this step's pointer table, arena and outputs); other steps run concurrently."""
 
     def __init__(self, loss, ps, opt=None):
         self.loss, self.ps, self.opt = loss, as_params(ps), opt
         self.dtype = check_params(self.ps)
-        self._mode_epoch = modes.EPOCH[0]
+        self._generation = bindings.GENERATION[0]
         self._entries = {}      # signature after casts -> _Entry
-        self._seen = {}         # raw argument key -> (_Entry, whether arguments need casting)
+        self._seen = {}         # fast_key per argument -> (_Entry, whether arguments need preparing)
         self._last = None
         self._warned = set()
+        self._why = None        # why the entries were dropped, for the next compile's log line
+        self._lock = threading.Lock()
 
     def lower(self, *batch):
         """Compile (or fetch) the artifact for this batch's signature and install it; the step
         is not run."""
-        batch = check_batch(batch, self.dtype, self._warned)
-        return self._entry(batch, signature(batch)).art
+        with self._lock:
+            self._follow_replacements()
+            batch = check_batch(batch, self.dtype, self._warned)
+            return self._entry(batch, signature(batch)).art
+
+    def _follow_replacements(self):
+        if self._generation != bindings.GENERATION[0]:
+            self._entries.clear()
+            self._seen.clear()
+            self._why = bindings.WHY[0]
 
     def _entry(self, batch, sig, reason=None):
         entry = self._entries.get(sig)
         if entry is not None and reason is None:
             return entry
-        reason = reason or describe_change(self._last, sig)
+        reason = reason or self._why or describe_change(self._last, sig)
         t = time.perf_counter()
         check_params(self.ps)
         traced = trace_loss(self.loss, self.ps, batch)
@@ -178,42 +214,45 @@ class CompiledStep:
         self._entries[sig] = entry
         self._seen.clear()
         self._last = sig
+        self._why = None
+        self._generation = bindings.GENERATION[0]
         what = {"compiled": "compiled step", "disk": "loaded step from the disk cache",
                 "memory": "traced step (artifact reused)"}[how]
         log.info("%s in %.3f s: %s", what, time.perf_counter() - t, reason)
         return entry
 
     def __call__(self, *batch):
-        if self._mode_epoch != modes.EPOCH[0]:      # gf.trainmode/testmode changed a layer
-            self._mode_epoch = modes.EPOCH[0]
-            self._entries.clear()
-            self._seen.clear()
-        key = tuple((a.shape, a.dtype.char, a.flags.c_contiguous) if type(a) is np.ndarray
-                    else ("value", repr(a)) for a in batch)
-        hit = self._seen.get(key)
-        if hit is None or hit[1]:
-            prepared = check_batch(batch, self.dtype, self._warned)
-            if hit is None:
-                sig = signature(prepared)
-                entry = self._entries.get(sig) or self._entry(prepared, sig)
-                hit = self._seen[key] = (entry, any(a is not b for a, b in zip(prepared, batch)))
-            batch = prepared
-        entry = hit[0]
-        changed = entry.slots_changed()
-        if changed is not None:
-            sig = signature(batch)
-            entry = self._entry(batch, sig, reason=f"parameter slot {changed[1]!r} now holds "
-                                                   "a different array")
-        return self._run(entry, batch)
+        with self._lock:
+            self._follow_replacements()
+            key = tuple(map(fast_key, batch))
+            hit = self._seen.get(key)
+            if hit is None or hit[1]:
+                prepared = check_batch(batch, self.dtype, self._warned)
+                if hit is None:
+                    sig = signature(prepared)
+                    entry = self._entries.get(sig) or self._entry(prepared, sig)
+                    hit = self._seen[key] = (entry,
+                                             any(a is not b for a, b in zip(prepared, batch)))
+                batch = prepared
+            entry = hit[0]
+            changed = entry.slots_changed()
+            if changed is not None:
+                entry = self._entry(batch, signature(batch),
+                                    reason=f"parameter slot {changed[1]!r} now holds a "
+                                           "different array")
+            return self._run(entry, batch)
 
     def _run(self, entry, batch):
         native = entry.ex.native
         ptrs = native.pointers
         for slot, i in entry.data_slots:
             ptrs[slot] = batch[i].__array_interface__["data"][0]
+        for buf, arr in entry.copies:
+            np.copyto(buf, arr)
         opt = self.opt
         values = []
         if opt is not None:
+            opt.check_hyperparameters()
             states = opt._state
             records = [states[id(p)] for p, _ in entry.scalar_plan]
             opt.prepare(records)
@@ -228,8 +267,7 @@ class CompiledStep:
         status = native()
         loss = float(entry.outputs["loss"])
         if status:
-            raise NonFiniteLoss(f"the loss is {loss}; nothing was updated"
-                                + self._diagnose(entry, batch, values))
+            raise self._nonfinite(entry, batch, values, status, loss)
         if opt is None:
             return loss, self._grads(entry)
         advanced = {}
@@ -240,19 +278,16 @@ class CompiledStep:
             rec.host = new
         return loss
 
-    def _diagnose(self, entry, batch, scalars):
-        """Name the first node (op and the user's line) that produced a non-finite value, by
-        re-running the step's graph in the reference interpreter."""
+    def _nonfinite(self, entry, batch, scalars, status, loss):
+        """The error for a step that wrote nothing: the native status says whether the loss
+        (1) or the gradient of parameter status - 2 was not finite."""
+        what = "loss" if status == 1 else f"gradient of {self.ps.name(self.ps[status - 2])}"
         graph = entry.art.grad_graph
         scalar_values = dict(zip(entry.art.binary.scalar_refs, scalars))
-        bindings = {n.id: scalar_values[n.attrs["ref"]] if n.op == "scalar" else
-                    input_array(n.attrs["ref"], self.ps, self.opt, batch, entry.captured)
-                    for n in graph.inputs}
-        node = first_nonfinite(graph, bindings)
-        if node is None:
-            return ""
-        what = node.attrs.get("fn", node.op)
-        return f"; the first non-finite value comes from {what} at {node.source}"
+        values = {n.id: scalar_values[n.attrs["ref"]] if n.op == "scalar" else
+                  input_array(n.attrs["ref"], self.ps, self.opt, batch, entry.captured)
+                  for n in graph.inputs}
+        return nonfinite_error(what, loss, graph, values)
 
     def _grads(self, entry):
         values = []
@@ -262,10 +297,21 @@ class CompiledStep:
         return Grads(self.ps, values)
 
 
+def check_optimiser(opt, allow=()):
+    """An optimiser instance (or None); a class given without calling it is the usual slip."""
+    if opt is None or isinstance(opt, (Rule,) + tuple(allow)):
+        return
+    if isinstance(opt, type):
+        raise ArgumentError(f"opt is the class {opt.__name__}, not an optimiser: call it, "
+                            f"e.g. gf.{opt.__name__}()")
+    raise ArgumentError(f"opt must be an optimiser such as gf.Adam(), got {opt!r}")
+
+
 def compile(loss, ps, opt=None, *, mode="compiled"):  # noqa: A001 -- the API's name
     """A step function for `loss(*batch)` over params `ps`; traced on first call (or `lower`)."""
+    check_optimiser(opt)
     if mode == "eager":
         return EagerStep(loss, ps, opt)
     if mode != "compiled":
-        raise ValueError(f"mode must be 'compiled' or 'eager', got {mode!r}")
+        raise UsageError(f"mode must be 'compiled' or 'eager', got {mode!r}")
     return CompiledStep(loss, ps, opt)

@@ -1,4 +1,6 @@
 """DataLoader and one-hot helpers. Observations run along axis 0."""
+import numbers
+
 import numpy as np
 
 from graphflux.compiler.errors import GraphfluxError
@@ -24,8 +26,9 @@ class DataLoader:
             shapes = ", ".join(str(np.shape(a)) for a in arrays)
             raise DataError(f"DataLoader arrays must share their length along axis 0, got "
                             f"shapes {shapes}")
-        if int(batchsize) < 1:
-            raise DataError(f"batchsize must be >= 1, got {batchsize}")
+        if isinstance(batchsize, bool) or not isinstance(batchsize, numbers.Integral) \
+                or batchsize < 1:
+            raise DataError(f"batchsize must be a whole number >= 1, got {batchsize!r}")
         self.data, self.n = data, lengths[0]
         self.batchsize = min(int(batchsize), self.n)
         self.shuffle, self.partial, self.rng = shuffle, partial, as_rng(rng)

@@ -2,38 +2,48 @@
 
 Compiled, the closure is traced on every call (it may capture new data) and native code is
 reused whenever the traced graph is structurally the same."""
+import threading
+
 import numpy as np
 
 from graphflux.runtime.executable import Executable
 
-from .compiled import artifact_for, input_array
+from .compiled import artifact_for, bound_array, input_array
 from .eager_step import eager_value_and_grads
 from .eager_update import update_eager
 from .modelstate import state
 from .params import Grads, Params, as_params, params
+from .errors import UsageError
+from .signature import native_dense
 from .training import _is_model
 from .tracing import check_params, trace_loss
 
-_EXECUTABLES = {}
-
-
-def _check_mode(mode):
-    if mode not in ("compiled", "eager"):
-        raise ValueError(f"mode must be 'compiled' or 'eager', got {mode!r}")
+_EXECUTABLES = {}    # artifact symbol -> (Executable, lock): calls on one take turns
 
 
 def _compiled_value_and_grads(f, ps, args=()):
     check_params(ps)
+    args = tuple(native_dense(a) if isinstance(a, np.ndarray) else a for a in args)
     traced = trace_loss(f, ps, args)
     art, _ = artifact_for(traced, ps)
-    ex = _EXECUTABLES.get(art.symbol)
-    if ex is None:
-        ex = _EXECUTABLES[art.symbol] = Executable(art.binary)
-    for ref in ex.input_slot:
-        ex.bind(ref, input_array(ref, ps, None, args, traced.captured))
-    _, outs = ex.run()
+    entry = _EXECUTABLES.get(art.symbol)
+    if entry is None:
+        entry = _EXECUTABLES.setdefault(art.symbol, (Executable(art.binary), threading.Lock()))
+    ex, lock = entry
+    written = {t.attrs["ref"] for t, _ in traced.graph.updates}
+    copies = []       # made now, from the arrays as they are now: the closure is traced per call
+    with lock:
+        for ref in ex.input_slot:
+            ex.bind(ref, bound_array(input_array(ref, ps, None, args, traced.captured),
+                                     ref in written, copies))
+        _, outs = ex.run()
     grads = [outs.get(f"grad:{ps.name(p)}") for p in ps]
     return float(outs["loss"]), grads
+
+
+def _check_mode(mode):
+    if mode not in ("compiled", "eager"):
+        raise UsageError(f"mode must be 'compiled' or 'eager', got {mode!r}")
 
 
 def value_and_grads(f, ps, args=(), mode="compiled"):

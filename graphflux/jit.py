@@ -1,8 +1,11 @@
 """`gf.jit(f)`: a compiled function of arrays, without gradients -- `predict = gf.jit(model)`.
 
 Arrays the function reads that are not its arguments (a model's weights) are bound by identity
-and read on every call, so a jitted model sees later training."""
+and read on every call, so a jitted model sees later training; an array replaced by another
+(`m[0].weight = new`, `gf.load`) makes the next call retrace (graphflux.bindings). Calls of one
+jitted function take turns: they share its native pointer table and outputs."""
 import logging
+import threading
 import time
 
 import numpy as np
@@ -13,11 +16,31 @@ from graphflux.compiler.tracer import TraceContext, Tracer
 from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
 
-from . import modes
-from .compiled import cached_artifact
-from .signature import describe_change, signature
+from . import bindings
+from .compiled import bound_array, cached_artifact
+from .params import get_slot, params
+from .signature import describe_change, native_dense, signature
+from .tracing import TRACE_LOCK
 
 log = logging.getLogger("graphflux")
+
+
+class _JitEntry:
+    """One artifact bound to the arrays its trace captured."""
+
+    def __init__(self, art, ctx, single):
+        self.art, self.single = art, single
+        self.ex = Executable(art.binary)
+        captured = [arr for arr, _ in ctx.captured.values()]
+        written = {t.attrs["ref"] for t, _ in ctx.updates}
+        self.copies, self.keep, self.data = [], [], []
+        for ref in self.ex.input_slot:
+            if ref[0] == "data":
+                self.data.append((ref, ref[1]))
+            else:
+                arr = bound_array(captured[ref[1]], ref in written, self.copies)
+                self.keep.append(arr)
+                self.ex.bind(ref, arr)
 
 
 class Jitted:
@@ -25,59 +48,71 @@ class Jitted:
         self.f = f
         self._entries = {}
         self._last = None
-        self._mode_epoch = modes.EPOCH[0]
+        self._generation = bindings.GENERATION[0]
+        self._why = None
+        self._lock = threading.Lock()
+        # a model's own arrays, by slot: replaced ones are seen even in a class of the user's
+        ps = params() if hasattr(f, "__code__") else params(f)
+        self._slot_checks = [(slot, p) for p in ps for slot in ps.slots[id(p)]]
 
     def lower(self, *args):
         """Compile (or fetch) the artifact for these arguments' signature; nothing runs."""
-        return self._entry(args)[0][2]
+        with self._lock:
+            return self._entry(self._prepare(args))[0].art
+
+    @staticmethod
+    def _prepare(args):
+        return tuple(native_dense(a) if isinstance(a, np.ndarray) else a for a in args)
 
     def _entry(self, args):
-        args = tuple(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a for a in args)
-        if self._mode_epoch != modes.EPOCH[0]:
-            self._mode_epoch = modes.EPOCH[0]
+        stale = next((slot for slot, p in self._slot_checks if get_slot(slot) is not p), None)
+        if self._generation != bindings.GENERATION[0] or stale is not None:
             self._entries.clear()
+            self._why = bindings.WHY[0] if stale is None else \
+                f"slot {stale[1]!r} now holds a different array"
+            self._slot_checks = [(slot, get_slot(slot)) for slot, _ in self._slot_checks]
         sig = signature(args)
         entry = self._entries.get(sig)
         if entry is None:
-            t = time.perf_counter()
-            reason = describe_change(self._last, sig)
-            ctx = TraceContext()
-            tracers = [ctx.new_input(a.shape, a.dtype, f"x{i}", "data", ("data", i))
-                       if isinstance(a, np.ndarray) else a for i, a in enumerate(args)]
-            with ctx:
-                out = self.f(*tracers)
-            single = not isinstance(out, tuple)
-            outs = (out,) if single else out
-            if not all(isinstance(o, Tracer) for o in outs):
-                raise TraceError("gf.jit: the function must return a traced array (or a tuple "
-                                 "of them) computed from its arguments or a model's arrays")
-            graph = Graph(list(ctx.inputs), [(f"out{i}", o.node) for i, o in enumerate(outs)],
-                          list(ctx.updates), name="jit")      # a layer forced to train mode
-            seconds = {"trace": time.perf_counter() - t}
-            art, how = cached_artifact(graph, "jit", lambda: graph, seconds,
-                                       outs[0].dtype)
-            if how == "compiled":
-                disk_cache().store(art.stats["key"], art)
-            ex = Executable(art.binary)
-            captured = [arr for arr, _ in ctx.captured.values()]
-            data = []
-            for ref, slot in ex.input_slot.items():
-                if ref[0] == "data":
-                    data.append((ref, ref[1]))
-                else:
-                    ex.bind(ref, captured[ref[1]])
-            entry = self._entries[sig] = (ex, data, art, single, captured)
-            self._last = sig
-            log.info("%s jit function in %.3f s: %s", how, time.perf_counter() - t, reason)
+            entry = self._entries[sig] = self._compile(args, sig)
         return entry, args
 
+    def _compile(self, args, sig):
+        t = time.perf_counter()
+        reason = self._why or describe_change(self._last, sig)
+        ctx = TraceContext()
+        tracers = [ctx.new_input(a.shape, a.dtype, f"x{i}", "data", ("data", i))
+                   if isinstance(a, np.ndarray) else a for i, a in enumerate(args)]
+        with TRACE_LOCK, ctx:
+            out = self.f(*tracers)
+        single = not isinstance(out, tuple)
+        outs = (out,) if single else out
+        if not all(isinstance(o, Tracer) for o in outs):
+            raise TraceError("gf.jit: the function must return a traced array (or a tuple "
+                             "of them) computed from its arguments or a model's arrays")
+        graph = Graph(list(ctx.inputs), [(f"out{i}", o.node) for i, o in enumerate(outs)],
+                      list(ctx.updates), name="jit")      # a layer forced to train mode
+        seconds = {"trace": time.perf_counter() - t}
+        art, how = cached_artifact(graph, "jit", lambda: graph, seconds, outs[0].dtype)
+        if how == "compiled":
+            disk_cache().store(art.stats["key"], art)
+        entry = _JitEntry(art, ctx, single)
+        self._last, self._why = sig, None
+        self._generation = bindings.GENERATION[0]
+        log.info("%s jit function in %.3f s: %s", how, time.perf_counter() - t, reason)
+        return entry
+
     def __call__(self, *args):
-        (ex, data, art, single, _), args = self._entry(args)
-        for ref, i in data:
-            ex.bind(ref, args[i])
-        _, outs = ex.run()
+        with self._lock:
+            entry, args = self._entry(self._prepare(args))
+            ex = entry.ex
+            for ref, i in entry.data:
+                ex.bind(ref, args[i])
+            for buf, arr in entry.copies:
+                np.copyto(buf, arr)
+            _, outs = ex.run()
         values = [outs[f"out{i}"] for i in range(len(outs))]
-        return values[0] if single else tuple(values)
+        return values[0] if entry.single else tuple(values)
 
 
 def jit(f):

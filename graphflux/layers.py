@@ -9,6 +9,8 @@ from graphflux.compiler.ops import matmul
 from graphflux.compiler.tracer import Tracer
 
 from .activations import identity
+from .bindings import HoldsArrays
+from .errors import ArgumentError, ShapeError, UsageError
 from .modes import is_active, write_state
 
 _default_rng = np.random.default_rng()
@@ -28,11 +30,16 @@ def glorot_uniform(*dims, rng=None, dtype=np.float32):
     return ((as_rng(rng).random(dims) - 0.5) * scale).astype(dtype)
 
 
-class Chain:
+class Chain(HoldsArrays):
     """Apply layers (any callables) in order. `m[i]` is a layer, `m[a:b]` a Chain sharing the
     same layer objects (so `gf.params(m[:-1])` freezes the last layer)."""
 
     def __init__(self, *layers):
+        for i, layer in enumerate(layers):
+            if not callable(layer):
+                raise ArgumentError(f"Chain: layer {i} is {layer!r} ({type(layer).__name__}), "
+                                    "which is not callable; every layer must be a callable "
+                                    "(a layer or a function such as gf.softmax)")
         self.layers = list(layers)
 
     def __call__(self, x):
@@ -52,11 +59,17 @@ class Chain:
         return "Chain(" + ", ".join(map(repr, self.layers)) + ")"
 
 
-class Dense:
+class Dense(HoldsArrays):
     """y = σ(x @ weight.T + bias), weight of shape (out, in), bias (out,)."""
 
     def __init__(self, in_features, out_features, σ=identity, *, bias=True,
                  init=glorot_uniform):
+        for name, n in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+                raise UsageError(f"Dense: {name} must be a whole number >= 0, got {n!r}")
+        if not callable(σ):
+            raise ArgumentError(f"Dense: the activation σ must be callable, got {σ!r}; pass "
+                                "the function itself, e.g. gf.relu")
         self.weight = init(out_features, in_features)
         if bias is True:
             bias = np.zeros(out_features, dtype=self.weight.dtype)
@@ -90,7 +103,7 @@ class Dense:
         return f"Dense({shape[1]}, {shape[0]}{act})"
 
 
-class LayerNorm:
+class LayerNorm(HoldsArrays):
     """(x - mean) / (std + eps) over the last axis (uncorrected std, eps added to it, as in
     Flux), then a learned scale and shift."""
 
@@ -112,7 +125,7 @@ class LayerNorm:
         return f"LayerNorm({self.scale.shape[0] if self.scale is not None else '?'})"
 
 
-class BatchNorm:
+class BatchNorm(HoldsArrays):
     """Normalise each feature (last axis) over the batch; trainable `beta`, `gamma`; running
     `mean`, `var` (not trainable) updated by training steps and used in test mode."""
 
@@ -130,9 +143,14 @@ class BatchNorm:
     def __call__(self, x):
         axes = tuple(range(len(x.shape) - 1))
         if is_active(self):
+            k = int(np.prod([x.shape[a] for a in axes]))
+            if k < 2:
+                raise ShapeError(f"BatchNorm({self.mean.shape[0]}) in training got a batch of "
+                                 f"shape {tuple(x.shape)}: one value per channel, whose variance "
+                                 "is undefined; train on batches of 2 or more, or use "
+                                 "gf.testmode(layer)")
             mu = ops.mean(x, axes)
             var = ops.mean(ops.square(ops.sub(x, mu)), axes)
-            k = int(np.prod([x.shape[a] for a in axes]))
             m = self.momentum
             write_state(self.mean, ops.add(ops.mul(self.mean, 1 - m),
                                            ops.mul(ops.stop_gradient(mu), m)))
@@ -149,7 +167,7 @@ class BatchNorm:
         return f"BatchNorm({self.mean.shape[0]})"
 
 
-class Dropout:
+class Dropout(HoldsArrays):
     """Zero each element with probability p and scale the rest by 1/(1 - p), when active.
     The mask comes from a counter-based generator: `key` (from `seed`) and `counter`, which
     every training step advances (inside the native step, like running statistics), so the
@@ -157,7 +175,7 @@ class Dropout:
 
     def __init__(self, p, *, seed=None):
         if not 0 <= p <= 1:
-            raise ValueError(f"Dropout probability must be in [0, 1], got {p}")
+            raise UsageError(f"Dropout probability p must be in [0, 1], got {p}")
         self.p = p
         self.key = int(as_rng(seed).integers(0, 2 ** 62)) if not isinstance(seed, int) \
             else seed

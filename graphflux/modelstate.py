@@ -5,11 +5,13 @@ import copy
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
 from graphflux.compiler.errors import GraphfluxError
 
+from .errors import FileWriteError, MissingFileError
 from .params import _IGNORED, params
 
 
@@ -141,22 +143,35 @@ def save(path, model, opt=None):
                           if not k.startswith("_") and isinstance(v, (int, float, tuple))}}
         arrays["opt.json"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".graphflux-save-", suffix=".npz")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".graphflux-save-", suffix=".npz")
+    except OSError as e:
+        raise FileWriteError(f"cannot write {path}: {e.strerror} (its folder {folder} must "
+                             "exist and be writable); nothing was written") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise FileWriteError(f"cannot write {path}: {e}; the old file, if any, is "
+                                 "unchanged") from None
         raise
 
 
 def load(path, model, opt=None):
     """Restore a model (and optimiser) written by `save`; shapes, dtypes and structure are
     checked first, and on a mismatch the model and optimiser are left untouched."""
-    with np.load(path, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise MissingFileError(f"{path} does not exist; nothing was loaded") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise StateError(f"{path} is truncated or not a valid graphflux .npz file ({e}); "
+                         "nothing was loaded") from None
     saved = {k[len("model/"):]: v for k, v in data.items() if k.startswith("model/")}
     t, s = _check_fits(state(model), _unflatten(saved), f"{path}")
     restore = None

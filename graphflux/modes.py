@@ -3,10 +3,10 @@ computes a gradient or a training step, unless gf.trainmode / gf.testmode forces
 
 from graphflux.compiler.tracer import current_context
 
+from .bindings import replaced
 from .params import _IGNORED
 
 _training = [False]
-EPOCH = [0]      # bumped on every forced mode change: compiled steps retrace when it moves
 
 
 class training:
@@ -40,7 +40,7 @@ def _set(model, active, seen=None):
         if isinstance(child, (list, tuple, dict)) or hasattr(child, "__dict__") and \
                 not isinstance(child, _IGNORED):
             _set(child, active, seen)
-    EPOCH[0] += 1
+    replaced("a layer's train/test mode was forced")
 
 
 def trainmode(model, active=True):

@@ -6,16 +6,31 @@ Scalars come from `scalars(host)`, computed on the host in float64 from the hype
 (read every step, so `opt.eta = ...` needs no recompile) and the per-parameter host state (step
 count, beta^t), which `advance` moves on after each successful step. The update is x -= delta.
 Defaults, formulas and quirks follow Flux (notes/flux-training-api.md b)."""
+import math
+import numbers
+
 import numpy as np
 
 from graphflux.compiler import ops
 from graphflux.compiler.errors import GraphfluxError
+
+from .bindings import replaced
 
 EPS = 1e-8
 
 
 class RestoreError(GraphfluxError, KeyError):
     """A restored optimiser met a parameter it has no state for."""
+
+
+class HyperparameterError(GraphfluxError, ValueError):
+    """A hyperparameter a step would read is not a finite number in the rule's range."""
+
+
+UNIT = (0.0, 1.0, True)          # (low, high, whether high itself is allowed)
+BELOW_ONE = (0.0, 1.0, False)    # a beta whose powers are divided by 1 - beta^t
+NON_NEGATIVE = (0.0, math.inf, False)
+POSITIVE = (math.nextafter(0.0, 1.0), math.inf, False)
 
 
 class ParamState:
@@ -30,11 +45,38 @@ class ParamState:
 
 class Rule:
     """Base of every optimiser. Subclasses define `scalars` and `rule`, and where they keep
-    state, `state_names` (zero-initialised arrays), `host_init` and `advance`."""
+    state, `state_names` (zero-initialised arrays), `host_init` and `advance`; `ranges` names
+    the hyperparameters the rule needs in a range (the rest need only be finite numbers)."""
     state_names = ()
+    ranges = {}
+    _changes = 0        # counts assignments to public attributes (hyperparameters)
+    _checked = -1       # the count at the last successful `check_hyperparameters`
 
     def __init__(self):
         self._state = {}    # id(x) -> ParamState
+
+    def __setattr__(self, name, value):
+        if not name.startswith("_"):
+            object.__setattr__(self, "_changes", self._changes + 1)
+        object.__setattr__(self, name, value)
+
+    def changes(self):
+        return self._changes
+
+    def check_hyperparameters(self):
+        """Refuse a hyperparameter that is not a finite number in its range (`opt.eta = None`
+        would otherwise turn every parameter into NaN), before a step writes anything. Runs
+        only when a hyperparameter was assigned since the last check: free on the hot path."""
+        changes = self.changes()
+        if changes != self._checked:
+            self._check_values("opt")
+            self._checked = changes
+
+    def _check_values(self, path):
+        for name, value in vars(self).items():
+            if not name.startswith("_"):
+                _check_hyperparameter(f"{type(self).__name__} ({path}.{name})", value,
+                                      self.ranges.get(name))
 
     def host_init(self):
         return ()
@@ -70,6 +112,8 @@ class Rule:
                     f"{name}; call opt.allow_fresh_state() to start that parameter from fresh "
                     "state, or load a file saved with it")
             entry = self._state[id(x)] = ParamState(x, self.state_init(x), self.host_init())
+            replaced(f"{type(self).__name__} state for a parameter of shape {x.shape} was "
+                     "created or restored")
         return entry
 
     def allow_fresh_state(self):
@@ -81,6 +125,24 @@ class Rule:
         return f"{type(self).__name__}({hp})"
 
 
+def _check_hyperparameter(field, value, allowed):
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "fiu":
+            v = v[()]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise HyperparameterError(
+                f"{field} is {value!r}: hyperparameters must be finite numbers; set it to one "
+                "(nothing was updated)")
+        if allowed is not None:
+            low, high, high_ok = allowed
+            if not (low <= v < high or high_ok and v == high):
+                bound = "]" if high_ok else ")"
+                raise HyperparameterError(
+                    f"{field} is {value!r}, outside [{low:g}, {high:g}{bound}, where the rule "
+                    "needs it; set it to a value in that range (nothing was updated)")
+
+
 def _adam_moments(state, g, s):
     m = ops.add(ops.mul(state["m"], s["b1"]), ops.mul(g, s["1-b1"]))
     v = ops.add(ops.mul(state["v"], s["b2"]), ops.mul(ops.square(g), s["1-b2"]))
@@ -89,6 +151,7 @@ def _adam_moments(state, g, s):
 
 class _BetaPowers(Rule):
     """Rules with Adam's moments and per-parameter beta^t (starting at beta^1)."""
+    ranges = {"beta": BELOW_ONE, "eps": NON_NEGATIVE}
     state_names = ("m", "v")
 
     def __init__(self, eta, beta, eps):
@@ -160,6 +223,7 @@ class Nesterov(Rule):
 
 class RMSProp(Rule):
     """a = rho a + (1 - rho) g^2; delta = g eta / (sqrt(a) + eps)."""
+    ranges = {"rho": UNIT, "eps": NON_NEGATIVE}
     state_names = ("acc",)
 
     def __init__(self, eta=0.001, rho=0.9, eps=EPS):
@@ -254,6 +318,7 @@ class OAdam(_BetaPowers):
 
 class AdaGrad(Rule):
     """a += g^2 (a starts at eps, as in Flux); delta = g eta / (sqrt(a) + eps)."""
+    ranges = {"eps": NON_NEGATIVE}
     state_names = ("acc",)
 
     def __init__(self, eta=0.1, eps=EPS):
@@ -275,6 +340,7 @@ class AdaGrad(Rule):
 
 class AdaDelta(Rule):
     """No learning rate: delta = g sqrt(d + eps) / sqrt(a + eps); the first argument is rho."""
+    ranges = {"rho": UNIT, "eps": NON_NEGATIVE}
     state_names = ("acc", "dacc")
 
     def __init__(self, rho=0.9, eps=EPS):
@@ -296,6 +362,7 @@ class AdaDelta(Rule):
 
 class AMSGrad(Rule):
     """Adam's moments without bias correction and a running max of v; all three start at eps."""
+    ranges = {"beta": UNIT, "eps": NON_NEGATIVE}
     state_names = ("m", "v", "vmax")
 
     def __init__(self, eta=0.001, beta=(0.9, 0.999), eps=EPS):
@@ -376,6 +443,7 @@ class WeightDecay(Rule):
 
 class ClipValue(Rule):
     """delta clamped to [-thresh, thresh]."""
+    ranges = {"thresh": NON_NEGATIVE}
 
     def __init__(self, thresh):
         super().__init__()
@@ -390,6 +458,7 @@ class ClipValue(Rule):
 
 class ClipNorm(Rule):
     """delta scaled by thresh / norm(delta) when its 2-norm (per array) exceeds thresh."""
+    ranges = {"thresh": NON_NEGATIVE}
 
     def __init__(self, thresh):
         super().__init__()
@@ -409,6 +478,7 @@ class ExpDecay(Rule):
     """delta *= eta, where eta decays by `decay` (down to `clip`) every `decay_step` updates
     after `start`. Flux counts updates per array and decays the shared eta when the first
     array reaches such a count; graphflux decays once per step in the same way."""
+    ranges = {"decay": NON_NEGATIVE, "step": POSITIVE, "clip": NON_NEGATIVE}
 
     def __init__(self, eta=0.001, decay=0.1, decay_step=1000, clip=1e-4, start=0):
         super().__init__()
@@ -438,6 +508,7 @@ class ExpDecay(Rule):
 
 class InvDecay(Rule):
     """delta /= 1 + gamma n, with n the array's update count from 1."""
+    ranges = {"gamma": NON_NEGATIVE}
 
     def __init__(self, gamma=0.001):
         super().__init__()
@@ -461,7 +532,19 @@ class Optimiser(Rule):
 
     def __init__(self, *rules):
         super().__init__()
-        self.os = list(rules)
+        self._os = list(rules)
+
+    os = property(lambda self: self._os)
+
+    def changes(self):
+        return self._changes + sum(o.changes() for o in self._os)
+
+    def _check_values(self, path):
+        for i, o in enumerate(self._os):
+            o._check_values(f"{path}[{i}]")
+
+    def __repr__(self):
+        return f"Optimiser({', '.join(map(repr, self._os))})"
 
     def __getitem__(self, i):
         return self.os[i]

@@ -4,6 +4,7 @@ top. The result names each graph input's source so the runtime can bind it."""
 import functools
 import hashlib
 import inspect
+import threading
 import time
 
 import numpy as np
@@ -18,22 +19,33 @@ from .modes import training
 from .params import warn_unused
 
 
+TRACE_LOCK = threading.RLock()
+"""Held while a loss runs with stand-ins in the model's slots (tracing, eager steps): two
+threads doing that at once would see each other's tracers."""
+
+
 class ParameterError(GraphfluxError, TypeError):
     """A parameter the native step cannot update in place."""
 
 
 def check_params(ps):
-    """Parameters must be float, C-contiguous, writeable and non-overlapping."""
+    """Parameters must be float, C-contiguous, aligned, native byte order, writeable and
+    non-overlapping: the native step updates them in place through their pointers."""
     dtype = None
     for p in ps:
         name = ps.name(p)
-        if p.dtype.kind != "f":
+        if p.dtype.kind != "f" or p.dtype.itemsize not in (4, 8):
             raise ParameterError(f"parameter {name} has dtype {p.dtype}; only float32/float64 "
                                  "arrays can be trained -- convert it with .astype(np.float32) "
                                  "or leave it out of gf.params")
-        if not p.flags.c_contiguous or not p.flags.writeable:
-            raise ParameterError(f"parameter {name} must be a C-contiguous, writeable array "
-                                 "(use np.ascontiguousarray and assign it back to the layer)")
+        if not p.dtype.isnative:
+            raise ParameterError(f"parameter {name} has byte order {p.dtype.str} (not this "
+                                 "machine's); convert it with "
+                                 f".astype(np.{p.dtype.name}) and assign it back to the layer")
+        if not p.flags.c_contiguous or not p.flags.writeable or not p.flags.aligned:
+            raise ParameterError(f"parameter {name} must be a C-contiguous, aligned, writeable "
+                                 "array (use np.ascontiguousarray and assign it back to the "
+                                 "layer)")
         if p.base is not None and any(q is not p and np.shares_memory(p, q) for q in ps):
             raise ParameterError(f"parameter {name} overlaps another parameter in memory")
         dtype = dtype or p.dtype
@@ -85,6 +97,10 @@ class TracedLoss:
 
 
 def _as_loss_node(out, ctx):
+    if isinstance(out, (tuple, list)):
+        raise TraceError(f"the loss returned a {type(out).__name__} of {len(out)} values; it "
+                         "must return a scalar (return the loss alone, and compute auxiliary "
+                         "outputs outside it)")
     if isinstance(out, Tracer):
         node = out.node
     elif isinstance(out, np.ndarray):
@@ -105,7 +121,7 @@ def trace_loss(loss, ps, batch):
     pnodes = [ctx.add_param(p, ps.name(p), ("param", i)).node for i, p in enumerate(ps)]
     args = [ctx.new_input(a.shape, a.dtype, f"x{i}", "data", ("data", i))
             if isinstance(a, np.ndarray) else a for i, a in enumerate(batch)]
-    with installed(ps, [ctx.wrap(n) for n in pnodes]), ctx, training():
+    with TRACE_LOCK, installed(ps, [ctx.wrap(n) for n in pnodes]), ctx, training():
         loss_node = _as_loss_node(loss(*args), ctx)
     graph = Graph(list(ctx.inputs), [("loss", loss_node)], list(ctx.updates), name="loss")
     return TracedLoss(ctx, graph, loss_node, pnodes, {"trace": time.perf_counter() - t0})
@@ -114,12 +130,14 @@ def trace_loss(loss, ps, batch):
 def step_graph(traced, ps, opt=None, warn=True):
     """Differentiate a traced loss and, with an optimiser, trace its update on top.
     Returns the step Graph: outputs `loss` (and `grad:<param>` without an optimiser), updates
-    of parameters and optimiser state."""
+    of parameters and optimiser state, and a finiteness check of every gradient."""
     t0 = time.perf_counter()
     ctx, loss_node = traced.ctx, traced.loss_node
     with ctx:
         grads = differentiate(loss_node, traced.pnodes, ctx)
     glist = [grads[n.id] for n in traced.pnodes]
+    if opt is not None and len(ps) and all(g is None for g in glist):
+        raise TraceError(no_parameter_message(ps))
     if warn:
         warn_unused(ps, glist)
     outputs, updates = [("loss", loss_node)], list(ctx.updates)
@@ -131,7 +149,14 @@ def step_graph(traced, ps, opt=None, warn=True):
         else:
             updates.extend(trace_update(ctx, opt, p, i, pn, g, ps.name(p)))
     traced.seconds["ad"] = time.perf_counter() - t0
-    return Graph(list(ctx.inputs), outputs, updates, name="step")
+    checks = [(i, g) for i, g in enumerate(glist) if g is not None]
+    return Graph(list(ctx.inputs), outputs, updates, name="step", checks=checks)
+
+
+def no_parameter_message(ps):
+    return (f"the loss does not depend on any parameter ({len(ps)} given, e.g. {ps.name(ps[0])}), "
+            "so training cannot change anything: compute the model's output inside the loss "
+            "(loss(x, y) = mse(model(x), y)), not before it")
 
 
 def trace_update(ctx, opt, p, index, pnode, gnode, name):

@@ -5,17 +5,18 @@ import logging
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from graphflux.compiler.errors import TraceError
 from graphflux.compiler.source import user_source_line
 from graphflux.compiler.tracer import TraceContext, current_context
 
-from .compiled import CompiledStep
+from .compiled import CompiledStep, check_optimiser
 from .eager_step import EagerStep
 import numpy as np
 
-from .errors import NonFiniteLoss
+from .errors import ArgumentError, NonFiniteLoss, UsageError
 from .params import Params, as_params, params
 from .tracing import check_params
 
@@ -71,18 +72,83 @@ def _callbacks(cb):
     return [(f, _takes_one_argument(f)) for f in fs]
 
 
+STEPS_PER_OPTIMISER = 8
+
+
+def _loss_key(loss):
+    """What makes two loss functions the same computation: a fresh `lambda x, y: ...` per
+    epoch has the same code, defaults, globals and captured objects as the last one, so it
+    reuses its step instead of piling up a step (and its native code) per lambda. Anything
+    else (a callable object, a partial) is keyed by identity."""
+    code = getattr(loss, "__code__", None)
+    if code is None:
+        return ("object", id(loss))
+    cells = tuple(id(c.cell_contents) if _filled(c) else None for c in loss.__closure__ or ())
+    return ("function", code, id(loss.__globals__), tuple(map(id, loss.__defaults__ or ())),
+            tuple(map(id, (loss.__kwdefaults__ or {}).values())), cells)
+
+
+def _filled(cell):
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
 def _step_for(loss, ps, opt, mode, model=None):
     """Reuse one step object per (loss, params, optimiser, mode), so calling train once per
-    epoch traces once and the last partial batch compiles once. With `model` (explicit style)
-    the loss is called as loss(model, *batch)."""
-    cache = opt.__dict__.setdefault("_steps", {})
-    key = (id(loss), tuple(map(id, ps)), mode, id(model))
+    epoch traces once and the last partial batch compiles once. The optimiser keeps the
+    STEPS_PER_OPTIMISER most recently used steps. With `model` (explicit style) the loss is
+    called as loss(model, *batch)."""
+    cache = opt.__dict__.setdefault("_steps", OrderedDict())
+    key = (_loss_key(loss), tuple(map(id, ps)), mode, id(model))
     entry = cache.get(key)
-    if entry is None or entry[0] is not loss:
+    if entry is None:
         call = loss if model is None else functools.partial(loss, model)
         step = EagerStep(call, ps, opt) if mode == "eager" else CompiledStep(call, ps, opt)
-        entry = cache[key] = (loss, step)
-    return entry[1]
+        # the key holds ids: the entry keeps those objects alive, so no id is reused
+        entry = cache[key] = (loss, model, tuple(ps), step)
+        while len(cache) > STEPS_PER_OPTIMISER:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return entry[-1]
+
+
+class _Arity:
+    """Checks that each data item fits the loss's parameters before the loss runs, so a
+    mistake in the shape of `data` gets words about `data`, not a TypeError from inside the
+    trace. Only items whose length differs from the last checked one cost a check."""
+
+    def __init__(self, loss, data):
+        try:
+            self.signature = inspect.signature(loss)
+        except (TypeError, ValueError):
+            self.signature = None
+        self.data, self.last = data, None
+
+    def check(self, args, item, i):
+        if self.signature is None or len(args) == self.last:
+            return
+        try:
+            self.signature.bind(*args)
+        except TypeError as e:
+            raise ArgumentError(self._message(args, item, i, e)) from None
+        self.last = len(args)
+
+    def _message(self, args, item, i, e):
+        params = [p for p in self.signature.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        wanted = f"{len(params)} argument{'s' if len(params) != 1 else ''}"
+        names = ", ".join(p.name for p in params)
+        text = f"the loss takes {wanted} ({names}) but data item {i} gives {len(args)} ({e})"
+        if isinstance(self.data, tuple) and all(isinstance(a, np.ndarray) for a in self.data):
+            return (f"data is a tuple of {len(self.data)} arrays, so each array is one item: "
+                    f"pass data=[(x, y)] (a list of tuples) or a gf.DataLoader; {text}")
+        if isinstance(item, list):
+            return (f"data item {i} is a list, which is passed as one argument; make each item "
+                    f"a tuple (x, y) to have it splatted as loss(x, y); {text}")
+        return f"{text}; a tuple item is splatted as loss(*item), anything else is passed whole"
 
 
 class OptState:
@@ -131,8 +197,9 @@ class _Progress:
 def train(loss, ps, data, opt, *, cb=None, mode="compiled", progress=None):
     """For each item d of data: loss(*d) (or loss(d)), gradient, update, callbacks."""
     if mode not in ("compiled", "eager"):
-        raise ValueError(f"mode must be 'compiled' or 'eager', got {mode!r}")
+        raise UsageError(f"mode must be 'compiled' or 'eager', got {mode!r}")
     callbacks = _callbacks(cb)
+    check_optimiser(opt, allow=(OptState,))
     if _is_model(ps):          # explicit style: train(loss, model, data, setup(rule, model))
         state = opt if isinstance(opt, OptState) else setup(opt, ps)
         step = _step_for(loss, state.ps, state.rule, mode, model=ps)
@@ -144,8 +211,10 @@ def train(loss, ps, data, opt, *, cb=None, mode="compiled", progress=None):
     total = len(data) if hasattr(data, "__len__") else None
     bar = _Progress(total, sys.stderr.isatty() if progress is None else bool(progress))
     i, value = -1, None
+    arity = _Arity(step.loss, data)
     for i, d in enumerate(data):
         args = d if isinstance(d, tuple) else (d,)
+        arity.check(args, d, i)
         try:
             value = step(*args)
         except SkipItem:
@@ -153,9 +222,10 @@ def train(loss, ps, data, opt, *, cb=None, mode="compiled", progress=None):
         except StopTraining:
             break
         except NonFiniteLoss as e:
-            raise NonFiniteLoss(f"the loss is not finite on data item {i} (index from 0); "
-                                f"parameters and optimiser state are as before that item ({e})") \
-                from None
+            raise NonFiniteLoss(f"the {e.what} is not finite on data item {i} (index from 0); "
+                                "parameters, optimiser state, running statistics and counters "
+                                f"are as before that item ({e})", what=e.what, source=e.source,
+                                item=i) from None
         bar.show(i, value)
         info = StepInfo(i + 1, i, value)
         try:
