@@ -1,9 +1,12 @@
 """The `graphflux` command end to end: demo reaches 95% on the digits; bench reports."""
 import io
 import json
+import math
 import re
 import subprocess
 import sys
+
+import pytest
 
 from graphflux.cli import demo
 
@@ -26,6 +29,13 @@ def test_bench_json_runs_a_workload_and_checks_losses():
     (row,) = report["results"]
     assert row["workload"] == "tiny" and row["losses_agree"] is True
     assert row["compiled_median_us"] > 0 and row["eager_median_us"] > 0
+    assert row["speedup"] == pytest.approx(row["eager_median_us"] / row["compiled_median_us"])
+    # the losses themselves: finite, equal to float32 rounding, and a 10-class cross-entropy
+    # near its starting value ln(10) after 21 small Adam steps
+    lc, le = row["loss_compiled"], row["loss_eager"]
+    assert abs(lc - le) <= 1e-4 * abs(le)
+    assert 0.5 * math.log(10) < le < 2 * math.log(10)
+    assert row["compile_s"] > 0
     assert report["machine"]["cores"] >= 1
 
 
@@ -36,19 +46,96 @@ def test_bench_loss_check_reports_a_mismatch():
     assert loss_check([1.0, float("nan")], [1.0, 0.5])["losses_agree"] is False
 
 
+def _listed_nodes(text):
+    """Nodes of a graph listing: the inputs in its header plus one `%i: type = ...` line each."""
+    header = text.splitlines()[0]
+    return len(re.findall(r"%\d+:[^,()]+:\w+\[", header)) + \
+        len(re.findall(r"(?m)^  %\d+: ", text))
+
+
 def test_inspect_prints_every_stage_of_every_workload():
+    """Each stage shows what that stage is, for the workload's own shapes, layers and
+    optimiser; expectations come from the workload's spec, not from the printed text."""
     from graphflux.bench import workloads
     from graphflux.cli import STAGES, inspect
-    for name in workloads():
+    for name, spec in workloads().items():
+        sizes, batch = spec["sizes"], spec["batch"]
+        layers = len(sizes) - 1
+        adam = type(spec["opt"]()).__name__ == "Adam"
+        acts = {a.__name__ for a in spec["acts"]} - {"identity"}
+        texts = {}
         for stage in STAGES:
             out = io.StringIO()
             inspect(name, stage=stage, out=out)
-            text = out.getvalue()
-            assert len(text) > 50, (name, stage)
-            if stage in ("graph", "grad", "optimized"):
-                assert "f32[" in text and "graph" in text
-            if stage == "asm":
-                assert "gf_step_" in text
+            texts[stage] = out.getvalue()
+        where = lambda stage: (name, stage, texts[stage][:300])  # noqa: E731
+
+        for stage in ("graph", "grad", "optimized"):
+            text = texts[stage]
+            assert re.match(r"graph \w+\(", text) and text.rstrip().endswith("}"), where(stage)
+            assert f"x0:f32[{batch},{sizes[0]}]" in text, where(stage)
+            for i in range(layers):
+                w = f"layers.{i}.weight:f32[{sizes[i + 1]},{sizes[i]}]"
+                assert w in text and f"layers.{i}.bias:f32[{sizes[i + 1]}]" in text, where(stage)
+            assert "output loss = %" in text, where(stage)
+        graph = texts["graph"]
+        assert graph.count("matmul(") == layers, where("graph")
+        for act in acts:                                  # sigmoid / tanh / relu, once a layer
+            fn = {"σ": "sigmoid"}.get(act, act)
+            assert f"fn={fn})" in graph, (act, where("graph"))
+        assert {"mse": "fn=square)", "logitcrossentropy": "fn=log)"}[spec["loss"]] in graph
+        assert "update " not in graph and "[kernel" not in graph
+        for stage in ("grad", "optimized"):
+            text = texts[stage]
+            # forward products plus the two backward ones a layer (the first layer's input
+            # gradient is not needed): the simplifier may merge none of them
+            assert text.count("matmul(") >= 3 * layers - 1, where(stage)
+            for i in range(layers):
+                for p in ("weight", "bias"):
+                    assert f"update layers.{i}.{p} <- %" in text, where(stage)
+                    assert (f"update layers.{i}.{p}.m <- %" in text) == adam, where(stage)
+        assert "(vjp)" in texts["grad"] and "[kernel" not in texts["grad"]
+        assert re.search(r"\[kernel \d+\]", texts["optimized"]), where("optimized")
+
+        llvm = texts["llvm"]
+        symbol = re.search(r'define i32 @"(gf_step_\w+)"', llvm)
+        assert symbol, where("llvm")
+        symbol = symbol.group(1)
+        assert symbol in texts["llvm-opt"] and re.search(r"<\d+ x float>", texts["llvm-opt"])
+        assert texts["llvm-opt"] != llvm
+        assert re.search(rf"(?m)^_?{symbol}:", texts["asm"]), where("asm")
+        assert re.search(r"(?m)^\s+v?(?:mul|add|fmadd\d{3})ps\s", texts["asm"]), where("asm")
+
+        stats = json.loads(texts["stats"])
+        assert stats["nodes"]["graph"] == _listed_nodes(graph)
+        assert stats["nodes"]["grad_graph"] == _listed_nodes(texts["grad"])
+        assert stats["nodes"]["optimized_graph"] == _listed_nodes(texts["optimized"])
+        # 2*M*N*K for every product: forward, weight gradient, input gradient (none for x)
+        products = sum(2 * batch * sizes[i] * sizes[i + 1] for i in range(layers))
+        products += products + sum(2 * batch * sizes[i] * sizes[i + 1] for i in range(1, layers))
+        assert products <= stats["flops"] <= 1.5 * products, (name, stats["flops"], products)
+        assert stats["key"][:20] in symbol
+
+
+def test_bench_text_table_has_every_workload_and_numbers_that_parse(capsys):
+    from graphflux.bench import run
+    results = run(["tiny"], steps=20, as_json=False)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert re.match(r"machine: .+, \d+ cores, python \d+\.\d+\.\d+, numpy \d", lines[0])
+    assert lines[1].split()[:2] == ["workload", "compiled"] and "losses agree" in lines[1]
+    (row,) = [line.split() for line in lines[2:]]
+    assert row[0] == "tiny" and len(row) >= 7
+    # compiled us, +-iqr, eager us, ratio, compile s: all numbers (the compile may have been
+    # a cache hit in this process, so its time can print as 0.00)
+    compiled, iqr, eager, ratio, compile_s = map(float, row[1:6])
+    assert row[6] == "True"
+    assert compiled > 0 and eager > 0
+    # the printed ratio is eager / compiled (each printed to one decimal)
+    assert abs(ratio - eager / compiled) <= 0.05 + 0.05 * (eager + compiled) / compiled ** 2
+    (r,) = results
+    assert abs(r["compiled_median_us"] - compiled) <= 0.05
+    assert abs(r["eager_median_us"] - eager) <= 0.05
+    assert abs(r["compiled_iqr_us"] - iqr) <= 0.05 and abs(r["compile_s"] - compile_s) <= 0.005
 
 
 def test_inspect_a_user_script_and_write_dot(tmp_path):
@@ -84,7 +171,6 @@ def test_demo_plot_writes_a_png(tmp_path):
 
 
 def test_demo_plot_without_matplotlib_says_what_to_install(tmp_path, monkeypatch):
-    import pytest
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit, match="pip install"):
         demo(epochs=1, out=io.StringIO(), plot=str(tmp_path / "x.png"))

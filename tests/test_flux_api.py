@@ -2,6 +2,7 @@
 modes, data helpers. Expected values come from numpy recomputations."""
 import gzip
 import os
+import re
 import struct
 
 import numpy as np
@@ -125,16 +126,53 @@ def test_explicit_gradient_of_a_model_mirrors_state(mode):
     implicit = gf.gradient(lambda: gf.losses.logitcrossentropy(m(x.astype(np.float64)), y),
                            gf.params(m), mode=mode)
     np.testing.assert_allclose(g["layers"]["0"]["weight"], implicit[m[0].weight], rtol=1e-10)
-    assert g["layers"]["2"]["mean"] is None and g["layers"]["2"]["gamma"] is not None
+    assert g["layers"]["2"]["mean"] is None and g["layers"]["2"]["var"] is None
+    # every trainable field, BatchNorm's gamma and beta included, against central differences
+    # of a numpy forward pass (training mode: batch statistics, biased variance, eps 1e-5)
+    x64 = x.astype(np.float64)
+    fields = [("0", "weight"), ("0", "bias"), ("1", "weight"), ("1", "bias"), ("2", "gamma"),
+              ("2", "beta")]
+    values = {f: getattr(m[int(f[0])], f[1]).copy() for f in fields}
+
+    def np_loss(vals):
+        h = np.tanh(x64 @ vals["0", "weight"].T + vals["0", "bias"])
+        z = h @ vals["1", "weight"].T + vals["1", "bias"]
+        z = (z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5) * vals["2", "gamma"] + vals["2", "beta"]
+        z = z - z.max(-1, keepdims=True)
+        return np.mean(-np.sum(y * (z - np.log(np.exp(z).sum(-1, keepdims=True))), axis=-1))
+
+    for f in fields:
+        fd = np.zeros_like(values[f])
+        for i in np.ndindex(fd.shape):
+            plus, minus = dict(values), dict(values)
+            plus[f], minus[f] = values[f].copy(), values[f].copy()
+            plus[f][i] += 1e-6
+            minus[f][i] -= 1e-6
+            fd[i] = (np_loss(plus) - np_loss(minus)) / 2e-6
+        if f != ("1", "bias"):          # BatchNorm subtracts the batch mean: exactly 0 there
+            assert np.abs(fd).max() > 1e-4, f             # a gradient that is really there
+        got = g["layers"][f[0]][f[1]]
+        assert got.dtype == np.float64 and got.shape == fd.shape, f
+        np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-9, err_msg=str(f))
 
 
 def test_jit_matches_plain_calls_and_sees_later_training():
     m = gf.Chain(gf.Dense(3, 4, gf.relu), gf.Dense(4, 2), gf.softmax)
     predict = gf.jit(m)
     x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+
+    def np_predict():
+        h = np.maximum(x.astype(np.float64) @ m[0].weight.T + m[0].bias, 0)
+        z = h @ m[1].weight.T + m[1].bias
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    np.testing.assert_allclose(predict(x), np_predict(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(predict(x), m(x), rtol=1e-6, atol=1e-7)
+    before = predict(x).copy()
     m[0].weight += 0.5
-    np.testing.assert_allclose(predict(x), m(x), rtol=1e-6, atol=1e-7)
+    after = predict(x)
+    assert np.abs(after - before).max() > 1e-3         # the change is visible ...
+    np.testing.assert_allclose(after, np_predict(), rtol=1e-5, atol=1e-6)   # ... and right
     both = gf.jit(lambda a: (gf.exp(a), a.sum(1)))(x)
     np.testing.assert_allclose(both[0], np.exp(x), rtol=1e-6)
     np.testing.assert_allclose(both[1], x.sum(1), rtol=1e-6)
@@ -191,7 +229,15 @@ def test_testmode_forces_a_retrace_of_a_compiled_step(caplog):
     gf.testmode(bn)
     with caplog.at_level("INFO", logger="graphflux"):
         test_loss = step(x)
-    assert any("step" in r.getMessage() for r in caplog.records)
+    messages = [r.getMessage() for r in caplog.records if r.name == "graphflux"]
+    assert len(messages) == 1, messages
+    # "<compiled step | traced step (artifact reused)> in 0.123 s: <reason>", the reason
+    # naming the forced mode (not a signature change: the argument is the same)
+    m = re.fullmatch(r"(compiled step|traced step \(artifact reused\)) in \d+\.\d+ s: (.*)",
+                     messages[0])
+    assert m, messages
+    assert re.search(r"\bmode\b", m.group(2)), messages
+    assert "argument" not in m.group(2), messages
     np.testing.assert_allclose(test_loss, float(np.sum(((x - bn.mean) /
                                                        np.sqrt(bn.var + 1e-5)) ** 2)),
                                rtol=1e-5)
@@ -246,43 +292,66 @@ def test_ncycle_patience_early_stopping_plateau():
     assert [flat() for _ in range(5)] == [False, False, True, False, False]
 
 
-def _dropout_losses(mode, p, seed, steps=3):
+def _dropout_run(mode, p, seed, steps=3):
+    """(losses, masks, layer): the step's gradient with respect to `w` is the scaled mask
+    itself (d sum(dropout(x * w)) / dw = keep / (1 - p) for x = w = 1), element by element."""
     d = gf.Dropout(p, seed=seed)
-    holder = {"w": np.ones(50, np.float32)}
+    holder = {"w": np.ones((64, 50), np.float32)}
     x = np.ones((64, 50), np.float32)
-    step = gf.compile(lambda x: gf.sum(d(x * holder["w"])), gf.params(holder), gf.Descent(0.0),
-                      mode=mode)
-    return [step(x) for _ in range(steps)], d
+    step = gf.compile(lambda x: gf.sum(d(x * holder["w"])), gf.params(holder), mode=mode)
+    losses, masks = [], []
+    for _ in range(steps):
+        loss, gs = step(x)
+        losses.append(float(loss))
+        masks.append(gs[holder["w"]])
+    return losses, masks, d
 
 
 @pytest.mark.parametrize("p", [0.3, 1.0])
 def test_dropout_masks_match_between_modes_and_the_generator(p):
     from graphflux.runtime.numpy_impls import random
-    compiled, d = _dropout_losses("compiled", p, 11)
-    eager, _ = _dropout_losses("eager", p, 11)
-    expected = []
+    compiled, cmasks, d = _dropout_run("compiled", p, 11)
+    eager, emasks, de = _dropout_run("eager", p, 11)
+    scale = 0.0 if p == 1 else 1 / (1 - p)
     for counter in range(3):
-        u = random(np.array(float(counter)), (64, 50), 11, np.float32)
-        kept = u >= p
-        expected.append(float(kept.sum()) * (0.0 if p == 1 else 1 / (1 - p)))
-    np.testing.assert_allclose(compiled, expected, rtol=1e-5)
-    np.testing.assert_allclose(eager, expected, rtol=1e-5)
-    assert float(d.counter) == 3
+        kept = random(np.array(float(counter)), (64, 50), 11, np.float32) >= p
+        # the same key and counter draw the same mask in both modes, element by element
+        np.testing.assert_array_equal(cmasks[counter] != 0, kept & (scale != 0))
+        np.testing.assert_array_equal(emasks[counter] != 0, kept & (scale != 0))
+        np.testing.assert_allclose(cmasks[counter], kept * scale, rtol=1e-6)
+        np.testing.assert_allclose(emasks[counter], kept * scale, rtol=1e-6)
+        np.testing.assert_allclose(compiled[counter], kept.sum() * scale, rtol=1e-5)
+        np.testing.assert_allclose(eager[counter], kept.sum() * scale, rtol=1e-5)
+    assert float(d.counter) == 3 and float(de.counter) == 3
     if p == 1:
         assert compiled == [0.0, 0.0, 0.0]
     else:
-        assert len(set(compiled)) == 3                 # a new mask every step
-        assert abs(expected[0] / (64 * 50) - 1) < 0.05  # keeps ~70%, scaled by 1/0.7
+        for a in range(3):                        # a new mask every step, not a permutation
+            for b in range(a):                    # that keeps the count
+                assert not np.array_equal(cmasks[a], cmasks[b])
+        kept_share = np.mean([np.mean(mk != 0) for mk in cmasks])
+        assert abs(kept_share - 0.7) < 0.03       # ~5 sigma for 9600 Bernoulli(0.7) draws
 
 
 def test_dropout_is_reproducible_from_its_seed_and_off_in_plain_calls():
-    assert _dropout_losses("compiled", 0.5, 3)[0] == _dropout_losses("compiled", 0.5, 3)[0]
-    assert _dropout_losses("compiled", 0.5, 3)[0] != _dropout_losses("compiled", 0.5, 4)[0]
+    _, first, _ = _dropout_run("compiled", 0.5, 3)
+    _, again, _ = _dropout_run("compiled", 0.5, 3)
+    _, other, _ = _dropout_run("compiled", 0.5, 4)
+    for a, b, c in zip(first, again, other):
+        np.testing.assert_array_equal(a, b)
+        assert np.mean((a != 0) != (c != 0)) > 0.3     # independent masks differ in ~half
     d = gf.Dropout(0.5, seed=1)
     x = np.ones((4, 3), np.float32)
     np.testing.assert_array_equal(d(x), x)
+    assert float(d.counter) == 0
     gf.trainmode(d)
-    assert np.count_nonzero(d(x)) < x.size and float(d.counter) == 1
+    out = d(x)
+    assert float(d.counter) == 1
+    from graphflux.runtime.numpy_impls import random
+    kept = random(np.array(0.0), (4, 3), 1, np.float32) >= 0.5
+    np.testing.assert_array_equal(out, np.where(kept, 2.0, 0.0).astype(np.float32))
+    assert 0 < np.count_nonzero(out) < x.size
+    gf.testmode(d, None)
     assert gf.params(gf.Chain(gf.Dense(3, 2), d)).__len__() == 2
 
 

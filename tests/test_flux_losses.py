@@ -365,7 +365,7 @@ def test_siamese_contrastive_loss():
     approx(f(ŷ1, y1), 0.32554644, rtol=F32)
     approx(f(ŷ1, y1, margin=0.5), 0.16271012, rtol=F32)
     approx(f(ŷ1, y1, margin=1.5), 0.6532292, rtol=F32)
-    approx(f(ŷ, y, margin=1), f(ŷ, y))
+    approx(f(ŷ, y, margin=1), 0.2333333333333333)       # the default, explicitly
     assert float(f(y, y)) == 0.0
     assert float(f(y1, y1)) == 0.0
     approx(f(ŷ, y, margin=0), 0.09166666666666667)
@@ -504,15 +504,85 @@ def test_agg_string_error_is_a_graphflux_error():
         L.mse(ŷ, y, agg="mean")
 
 
+def np_xlogy(x, y):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x == 0, 0.0, x * np.log(y))
+
+
+def np_terms(name, ŷ, y, kw):
+    """What Flux 0.13.17 hands to `agg`, written in numpy from Flux's source: the elementwise
+    losses, or the per-observation sums for the losses with a class axis. A list: kldivergence
+    applies agg to its entropy and its cross-entropy term separately and adds them."""
+    e = np.finfo(ŷ.dtype).eps
+    if name == "mse":
+        return [(ŷ - y) ** 2]
+    if name == "mae":
+        return [np.abs(ŷ - y)]
+    if name == "msle":
+        return [np.log((ŷ + e) / (y + e)) ** 2]
+    if name == "huber_loss":
+        d = kw.get("delta", 1.0)
+        a = np.abs(ŷ - y)
+        small = a < d
+        return [a ** 2 * small * 0.5 + d * (a - 0.5 * d) * (1 - small)]
+    if name == "crossentropy":
+        return [-np.sum(np_xlogy(y, ŷ + e), axis=-1)]
+    if name == "logitcrossentropy":
+        return [-np.sum(y * np_logsoftmax(ŷ), axis=-1)]
+    if name == "binarycrossentropy":
+        return [-np_xlogy(y, ŷ + e) - np_xlogy(1 - y, 1 - ŷ + e)]
+    if name == "logitbinarycrossentropy":
+        return [(1 - y) * ŷ - np.log(np_sigmoid(ŷ))]
+    if name == "kldivergence":
+        return [np.sum(np_xlogy(y, y), axis=-1), -np.sum(np_xlogy(y, ŷ + e), axis=-1)]
+    if name == "poisson_loss":
+        return [ŷ - np_xlogy(y, ŷ)]
+    if name == "hinge_loss":
+        return [np.maximum(0, 1 - ŷ * y)]
+    if name == "squared_hinge_loss":
+        return [np.maximum(0, 1 - ŷ * y) ** 2]
+    if name == "binary_focal_loss":
+        g, p = kw.get("gamma", 2), ŷ + e
+        p_t = y * p + (1 - y) * (1 - p)
+        return [(1 - p_t) ** g * -np.log(p_t)]
+    if name == "focal_loss":
+        g, p = kw.get("gamma", 2), ŷ + e
+        return [np.sum(-y * (1 - p) ** g * np.log(p), axis=-1)]
+    if name == "siamese_contrastive_loss":
+        m = kw.get("margin", 1.0)
+        return [(1 - y) * ŷ ** 2 + y * np.maximum(0, m - ŷ) ** 2]
+    raise KeyError(name)
+
+
 @pytest.mark.parametrize("name", AGG_LOSSES)
-def test_agg_sum_is_count_times_agg_mean(name):
-    """agg is applied to the elementwise losses, or to the per-observation sums for the losses
-    with a class axis (kldivergence: to both of its terms)."""
+def test_agg_is_applied_as_flux_does(name):
+    """Default (mean), agg=gf.sum, agg=gf.mean and a nonlinear agg against numpy recomputations
+    of Flux's formulas (with each loss's non-default keyword from gradient_inputs)."""
     ŷ, y, kw = gradient_inputs(name)
     f = getattr(L, name)
-    count = ŷ.shape[0] if name in CLASS_AXIS else ŷ.size
-    approx(f(ŷ, y, agg=gf.sum, **kw), count * float(f(ŷ, y, **kw)), rtol=1e-12)
-    approx(f(ŷ, y, agg=gf.mean, **kw), f(ŷ, y, **kw), rtol=1e-15)
+    terms = np_terms(name, ŷ, y, kw)
+    expected_shape = ŷ.shape[:-1] if name in CLASS_AXIS else ŷ.shape
+    assert all(t.shape == expected_shape for t in terms)
+    approx(f(ŷ, y, **kw), sum(np.mean(t) for t in terms), rtol=1e-12)
+    approx(f(ŷ, y, agg=gf.mean, **kw), sum(np.mean(t) for t in terms), rtol=1e-12)
+    approx(f(ŷ, y, agg=gf.sum, **kw), sum(np.sum(t) for t in terms), rtol=1e-12)
+    approx(f(ŷ, y, agg=lambda l: 0.5 * gf.sum(l * l), **kw),
+           sum(0.5 * np.sum(t * t) for t in terms), rtol=1e-12)
+    if len(terms) == 1:
+        approx(f(ŷ, y, agg=gf.identity, **kw), terms[0], rtol=1e-12)
+
+
+def test_agg_sum_and_a_non_default_margin_by_hand():
+    """siamese_contrastive_loss with margin=2 on Flux's test arrays: y = 1 gives (2 - ŷ)^2,
+    y = 0 gives ŷ^2: 2.56 + 0.25 + 0.01 + 0.04 + 0.25 + 2.89 = 6.0 over 6 elements."""
+    y = np.array([[1, 0], [0, 0], [0, 1]], dtype=np.float64).T
+    ŷ = np.array([[0.4, 0.2], [0.5, 0.5], [0.1, 0.3]]).T
+    f = L.siamese_contrastive_loss
+    approx(f(ŷ, y, margin=2, agg=gf.sum), 6.0)
+    approx(f(ŷ, y, margin=2), 1.0)
+    approx(f(ŷ, y, margin=2, agg=gf.identity), [[2.56, 0.25, 0.01], [0.04, 0.25, 2.89]])
+    # mse with agg=sum: 0.1^2 + 0.9^2 + 0.1^2 + 0.9^2
+    approx(L.mse(YHAT_REG, Y_REG, agg=gf.sum), 1.64)
 
 
 # ---- mismatched shapes (Flux's _check_sizes -> DimensionMismatch) -------------------------------

@@ -1,15 +1,28 @@
 """step.lower(...) exposes every stage; stats carry the documented keys; listings show shapes,
 dtypes, fusion groups and the user's source lines."""
+import os
 import re
+import time
 
 import numpy as np
 import pytest
 
 import graphflux as gf
 
+PHASES = ("trace", "ad", "passes", "codegen", "llvm_opt", "machine_code")
+
+
+def np_logitcrossentropy(params, x, y):
+    """The fixture's loss in float64 numpy: Dense(6, 5, tanh) -> Dense(5, 3) -> mean LCE."""
+    W1, b1, W2, b2 = [np.asarray(p, np.float64) for p in params]
+    z = np.tanh(x.astype(np.float64) @ W1.T + b1) @ W2.T + b2
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(np.mean(-np.sum(y * logp, axis=-1)))
+
 
 @pytest.fixture(scope="module")
-def artifact():
+def artifact(tmp_path_factory):
     rng = np.random.default_rng(0)
     m = gf.Chain(gf.Dense(6, 5, gf.tanh, init=lambda *d: gf.glorot_uniform(*d, rng=rng)),
                  gf.Dense(5, 3, init=lambda *d: gf.glorot_uniform(*d, rng=rng)))
@@ -19,17 +32,29 @@ def artifact():
     step = gf.compile(loss, gf.params(m), gf.Adam())
     x = rng.standard_normal((4, 6)).astype(np.float32)
     y = gf.onehotbatch([0, 1, 2, 1], range(3))
-    art = step.lower(x, y)
-    return art, step, m, x, y
+    before_lower = [p.copy() for p in gf.params(m)]     # taken BEFORE lower
+    import graphflux.compiled
+    with pytest.MonkeyPatch.context() as mp:          # a real compile, whatever ran before
+        mp.setenv("GRAPHFLUX_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        mp.setattr(graphflux.compiled, "_ARTIFACTS", {})
+        t = time.perf_counter()
+        art = step.lower(x, y)
+        wall = time.perf_counter() - t
+    return art, step, m, x, y, before_lower, wall
 
 
 def test_lower_compiles_without_running(artifact):
-    art, step, m, x, y = artifact
-    before = [p.copy() for p in gf.params(m)]
-    assert all(np.array_equal(a, b) for a, b in zip(before, gf.params(m)))
+    art, step, m, x, y, before_lower, _ = artifact
+    # lower neither updated the parameters ...
+    for p, q in zip(gf.params(m), before_lower):
+        np.testing.assert_array_equal(p, q)
+    # ... nor ran a step: the first real call computes the loss at the pre-lower parameters
+    # and moves every parameter by one Adam step, |delta| <= eta (two steps could reach 2 eta)
     loss = step(x, y)
-    assert np.isfinite(loss)
-    assert not all(np.array_equal(a, b) for a, b in zip(before, gf.params(m)))
+    np.testing.assert_allclose(loss, np_logitcrossentropy(before_lower, x, y), rtol=1e-5)
+    moved = [np.abs(p.astype(np.float64) - q) for p, q in zip(gf.params(m), before_lower)]
+    assert all(d.max() > 0.5e-3 for d in moved)
+    assert all(d.max() <= 1.001e-3 for d in moved), [d.max() for d in moved]
 
 
 def test_stages_are_graphs_with_readable_listings(artifact):
@@ -45,25 +70,96 @@ def test_stages_are_graphs_with_readable_listings(artifact):
     assert "subgraph cluster_" in art.optimized_graph.to_dot()
 
 
+def host_vector_bits():
+    """The widest SIMD registers of this CPU, from /proc/cpuinfo (not from graphflux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if not flags:
+        pytest.skip("no CPU flags in /proc/cpuinfo")
+    return 512 if "avx512f" in flags else 256 if "avx" in flags else 128
+
+
 def test_llvm_text_and_assembly(artifact):
     art = artifact[0]
     assert "define" in art.llvm_ir and art.symbol in art.llvm_ir
-    assert "<8 x float>" in art.llvm_ir_optimized or "<16 x float>" in art.llvm_ir_optimized
-    assert art.symbol in art.asm and ("vfmadd" in art.asm or "vmulps" in art.asm)
+    bits = host_vector_bits()
+    assert f"<{bits // 32} x float>" in art.llvm_ir_optimized
+    assert re.search(rf"^_?{re.escape(art.symbol)}:", art.asm, re.M)      # the function label
+    register = {512: "zmm", 256: "ymm", 128: "xmm"}[bits]
+    # packed single-precision arithmetic on full-width registers (scalar code has only the
+    # ...ss forms): vmulps, vaddps, vfmadd213ps, ...
+    packed = re.findall(rf"^\s+v?(?:add|sub|mul|div|max|min|f[n]?m(?:add|sub)\d{{3}})ps\s+"
+                        rf"[^\n]*%{register}\d+", art.asm, re.M)
+    assert len(packed) >= 5, packed
 
 
 def test_stats_keys(artifact):
-    stats = artifact[0].stats
-    assert set(stats["nodes"]) == {"graph", "grad_graph", "optimized_graph"}
+    art, wall = artifact[0], artifact[-1]
+    stats = art.stats
+    assert stats["nodes"] == {"graph": len(art.graph), "grad_graph": len(art.grad_graph),
+                              "optimized_graph": len(art.optimized_graph)}
     assert stats["nodes"]["graph"] < stats["nodes"]["grad_graph"]
     assert [n for n, _ in stats["pass_nodes"]][-1] == "fuse_elementwise"
-    for phase in ("trace", "ad", "passes", "codegen", "llvm_opt", "machine_code"):
-        assert stats["seconds"][phase] >= 0, phase
+    assert stats["pass_nodes"][-1][1] == len(art.optimized_graph)
+    # every phase ran in this compile, so each took some time, and together no more than the
+    # wall time of the lower() call around them
+    assert set(PHASES) <= set(stats["seconds"])
+    for phase in PHASES:
+        assert stats["seconds"][phase] > 0, phase
+    assert sum(stats["seconds"][p] for p in PHASES) <= wall
     # forward + two backward products per layer: 2*M*N*K each, plus elementwise work
     mm = 2 * 4 * 6 * 5 * 2 + 2 * 4 * 5 * 3 * 3
     assert stats["flops"] >= mm
     assert stats["arena_bytes"] > 0
     assert stats["cache_hit"] is False
+
+
+def test_compile_seconds_and_a_disk_cache_hit_in_a_fresh_step(tmp_path, monkeypatch, caplog):
+    """A compile fills the disk cache; a fresh step in a fresh process (here: the in-process
+    artifact table emptied) loads it with cache_hit True, spending no compile phase."""
+    import graphflux.compiled
+    monkeypatch.setenv("GRAPHFLUX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(graphflux.compiled, "_ARTIFACTS", {})
+    x = np.random.default_rng(1).standard_normal((3, 7)).astype(np.float32)
+
+    def make():
+        m = gf.Dense(7, 2, gf.tanh, init=lambda *d: np.full(d, 0.25, np.float32))
+        m.bias[:] = np.float32(0.5)
+        return gf.compile(lambda x: gf.sum(m(x) * m(x)), gf.params(m), gf.Descent(0.1)), m
+
+    step, m = make()
+    t = time.perf_counter()
+    art = step.lower(x)
+    wall = time.perf_counter() - t
+    assert art.stats["cache_hit"] is False
+    for phase in PHASES:
+        assert art.stats["seconds"][phase] > 0, phase
+    assert sum(art.stats["seconds"][p] for p in PHASES) <= wall
+    assert art.stats["key"] in os.listdir(tmp_path / "cache")
+
+    monkeypatch.setattr(graphflux.compiled, "_ARTIFACTS", {})
+    step2, m2 = make()
+    with caplog.at_level("INFO", logger="graphflux"):
+        t = time.perf_counter()
+        art2 = step2.lower(x)
+        wall2 = time.perf_counter() - t
+    assert art2.stats["cache_hit"] is True
+    assert art2.stats["key"] == art.stats["key"]
+    assert any(r.getMessage().startswith("loaded step from the disk cache")
+               for r in caplog.records)
+    for phase in ("ad", "passes", "codegen", "llvm_opt", "machine_code"):
+        assert art2.stats["seconds"][phase] == 0, phase
+    assert 0 < sum(art2.stats["seconds"].values()) <= wall2
+    # the loaded step computes what the compiled one does, and what numpy says
+    want = float(np.sum(np.tanh(x.astype(np.float64) @ np.full((7, 2), 0.25) + 0.5) ** 2))
+    np.testing.assert_allclose(step(x), want, rtol=1e-5)
+    np.testing.assert_allclose(step2(x), want, rtol=1e-5)
+    np.testing.assert_array_equal(m2.weight, m.weight)
+    assert not np.array_equal(m.weight, np.full((2, 7), 0.25, np.float32))
 
 
 def test_every_compile_is_logged_with_its_reason(caplog):

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graphflux.compiler import ops
-from graphflux.compiler.graph import Graph, Node
+from graphflux.compiler.graph import Graph, Node, toposort
 from graphflux.compiler.passes import (PIPELINE, eliminate_common_subexpressions,
                                        eliminate_dead_code, fold_constants, optimize,
                                        simplify_algebra)
@@ -96,11 +96,20 @@ def _trace(fn, *shapes):
     return Graph(list(ctx.inputs), [("out", out.node)])
 
 
+def _random_binding(graph, seed=0):
+    rng = np.random.default_rng(seed)
+    return {n.id: rng.standard_normal(n.shape) for n in graph.inputs}
+
+
 def test_cse_merges_identical_nodes():
     g = _trace(lambda x: ops.add(ops.exp(x), ops.exp(x)), (3,))
     assert sum(n.op == "elementwise" for n in g.nodes) == 3
     after = eliminate_common_subexpressions(g)
     assert sum(n.op == "elementwise" for n in after.nodes) == 2
+    binding = _random_binding(g)
+    _same(g, after, binding)
+    out, _ = evaluate(after, binding)
+    np.testing.assert_allclose(out["out"], 2 * np.exp(binding[g.inputs[0].id]), rtol=1e-15)
 
 
 def test_constant_folding_evaluates_constant_subgraphs():
@@ -111,11 +120,44 @@ def test_constant_folding_evaluates_constant_subgraphs():
     after = fold_constants(Graph([x], [("out", out)]))
     assert not any(n.op == "elementwise" and n.attrs["fn"] == "exp" for n in after.nodes)
     assert any(n.op == "const" and np.isclose(n.value, np.exp(2.0)) for n in after.nodes)
+    xv = np.array([0.5, -1.0, 3.0])
+    out, _ = evaluate(after, {x.id: xv})
+    np.testing.assert_allclose(out["out"], xv + np.exp(2.0), rtol=1e-15)
 
 
 def test_dead_code_is_dropped():
-    g = _trace(lambda x: ops.exp(x), (3,))
-    assert len(eliminate_dead_code(g)) == len(g) == 2
+    """Values traced but not needed by the outputs any more -- here an output dropped after
+    fusion had grouped it, as a rewrite leaves them -- are gone after the pass, fusion
+    annotations included; the inputs, the live outputs and their numbers stay."""
+    ctx = TraceContext()
+    x = ctx.new_input((3, 4), np.float64, "x", "data")
+    w = ctx.new_input((4, 5), np.float64, "w", "data")    # read by dead code only
+    with ctx:
+        live = ops.sum(ops.exp(ops.neg(x)), 1)
+        dead_mm = ops.matmul(x, w)
+        dead = ops.sum(ops.tanh(ops.mul(dead_mm, 2.0)), 0)
+    both = fuse_elementwise(Graph(list(ctx.inputs), [("out", live.node), ("aux", dead.node)]))
+    dead_ids = {n.id for n in both.nodes} - {n.id for n in toposort([live.node])} \
+        - {n.id for n in both.inputs}
+    assert dead_mm.node.id in dead_ids and dead.node.id in dead_ids
+    assert dead_ids & set(both.groups)          # the dead nodes carry fusion annotations
+    g = Graph(both.inputs, [("out", live.node)], groups=both.groups)
+
+    after = eliminate_dead_code(g)
+    ids = {n.id for n in after.nodes}
+    assert not ids & dead_ids
+    assert not set(after.groups) & dead_ids
+    assert set(after.groups) == {k for k in both.groups if k in ids}
+    # x, w, neg, exp, sum: the input w stays (the caller binds every input) though unused
+    assert len(after) == 5 and [n.id for n in after.inputs] == [n.id for n in g.inputs]
+    assert "tanh" not in str(after) and "matmul" not in str(after)
+    rng = np.random.default_rng(0)
+    xv, wv = rng.standard_normal((3, 4)), rng.standard_normal((4, 5))
+    binding = {x.node.id: xv, w.node.id: wv}
+    out, _ = evaluate(after, binding)
+    assert set(out) == {"out"}
+    np.testing.assert_allclose(out["out"], np.exp(-xv).sum(1), rtol=1e-14)
+    _same(g, after, binding)
 
 
 def test_simplify_folds_transposes_into_matmul_and_drops_identities():
@@ -126,6 +168,10 @@ def test_simplify_folds_transposes_into_matmul_and_drops_identities():
     mm = next(n for n in after.nodes if n.op == "matmul")
     assert mm.attrs == {"ta": False, "tb": True}
     assert not any(n.op == "elementwise" for n in after.nodes)
+    binding = _random_binding(g)
+    out, _ = evaluate(after, binding)
+    a, b = (binding[n.id] for n in g.inputs)
+    np.testing.assert_allclose(out["out"], a @ b.T, rtol=1e-14)
 
 
 def test_fusion_groups_a_chain_and_its_reduction():
@@ -146,8 +192,15 @@ def test_fusion_does_not_read_a_reduction_inside_its_own_loop():
 
 def test_pipeline_reports_nodes_per_pass():
     g = _trace(lambda x: ops.add(ops.exp(x), ops.exp(x)), (3,))
-    _, stats = optimize(g)
+    final, stats = optimize(g)
     assert [name for name, _, _ in stats] == [p.__name__ for p in PIPELINE]
+    # each count is the size of the graph that pass returned, applying the passes by hand
+    current, counts = g, []
+    for p in PIPELINE:
+        current = p(current)
+        counts.append(len(current))
+    assert [n for _, n, _ in stats] == counts
+    assert counts[-1] == len(final) < len(g)          # CSE merged the second exp
 
 
 def test_fusion_never_makes_two_kernels_wait_for_each_other():

@@ -1,5 +1,7 @@
 """Every primitive, native vs the numpy reference, on awkward shapes (size 1, odd lengths,
 broadcasting) in float32 and float64. One compile per dtype holds all the checks."""
+import re
+
 import numpy as np
 import pytest
 
@@ -104,11 +106,51 @@ def test_the_numpy_reference_is_numpy(compiled):
     np.testing.assert_array_equal(reference["u_relu"], np.maximum(c3, 0))
 
 
+def host_vector_bits():
+    """The widest SIMD registers this CPU has, read independently of graphflux and LLVM."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        pytest.skip("no /proc/cpuinfo to read the CPU's vector width from")
+    if not flags:
+        pytest.skip("no CPU flags in /proc/cpuinfo")
+    return 512 if "avx512f" in flags else 256 if "avx" in flags else 128
+
+
+PACKED_ARITHMETIC = r"v?(?:add|sub|mul|div|max|min|f[n]?m(?:add|sub)\d{3})"
+
+
+def packed_instructions(asm, suffix, register):
+    """Arithmetic on whole vectors: `vmulps %ymm..`, `vfmadd213pd (..), %zmm..`, `mulps %xmm..`.
+    Scalar forms (`vmulss`, `vfmadd231sd`) use xmm registers too but end in ss/sd."""
+    pattern = rf"^\s+{PACKED_ARITHMETIC}{suffix}\s+[^\n]*%{register}\d+"
+    return re.findall(pattern, asm, re.M)
+
+
 def test_loops_vectorise(compiled):
     dtype, _, _, art = compiled
+    bits = host_vector_bits()
     width = "float" if dtype == np.float32 else "double"
-    assert f"x {width}>" in art.llvm_ir_optimized
-    assert "ymm" in art.asm or "zmm" in art.asm or "xmm" in art.asm
+    lanes = bits // (32 if dtype == np.float32 else 64)
+    assert f"<{lanes} x {width}>" in art.llvm_ir_optimized
+    suffix = "ps" if dtype == np.float32 else "pd"
+    register = {512: "zmm", 256: "ymm", 128: "xmm"}[bits]
+    found = packed_instructions(art.asm, suffix, register)
+    assert len(found) >= 20, (suffix, register, found[:5])
+
+
+def test_the_packed_instruction_check_rejects_scalar_code():
+    """The check above on a scalar loop body (what an unvectorised loop compiles to)."""
+    scalar = "\tvmovss\t(%rdi,%rax,4), %xmm0\n\tvmulss\t%xmm1, %xmm0, %xmm0\n" \
+             "\tvfmadd231ss\t%xmm2, %xmm1, %xmm0\n\tvaddsd\t%xmm0, %xmm3, %xmm3\n"
+    for register in ("xmm", "ymm", "zmm"):
+        assert packed_instructions(scalar, "ps", register) == []
+        assert packed_instructions(scalar, "pd", register) == []
+    packed = "\tvfmadd213ps\t(%rsi), %ymm1, %ymm0\n\tmulpd\t%xmm1, %xmm0\n"
+    assert len(packed_instructions(packed, "ps", "ymm")) == 1
+    assert len(packed_instructions(packed, "pd", "xmm")) == 1
 
 
 def test_every_primitive_has_every_rule():

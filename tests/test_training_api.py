@@ -356,29 +356,73 @@ def run_trajectory(opt, dtype, mode):
 
 
 OPTIMISERS = [lambda: gf.Descent(0.1), lambda: gf.Momentum(0.01, 0.9), lambda: gf.Adam(1e-3)]
+OPT_IDS = ["Descent", "Momentum", "Adam"]
 
 
-@pytest.mark.parametrize("make_opt", OPTIMISERS, ids=["Descent", "Momentum", "Adam"])
-def test_compiled_and_eager_trajectories_agree_f64(make_opt):
+def np_trajectory(kind, dtype):
+    """The same 20 steps written out in float64 numpy: the forward pass of small_model, the
+    gradient of the mean logitcrossentropy by hand, and Flux 0.13's update rules
+    (Momentum: v = rho v - eta g, x += v; Adam: eps 1e-8 outside the root, bias-corrected
+    with beta^t). Returns (losses before each step, parameters after each step)."""
+    params = [p.astype(np.float64) for p in gf.params(small_model(99, 5, 4, 3, dtype=dtype))]
+    state = [dict(v=np.zeros_like(p), m=np.zeros_like(p), s=np.zeros_like(p)) for p in params]
+    losses, trajectory = [], []
+    for t, (x, y) in enumerate(lce_setup(dtype), start=1):
+        x, y = x.astype(np.float64), y.astype(np.float64)
+        W1, b1, W2, b2 = params
+        h = np.tanh(x @ W1.T + b1)
+        z = h @ W2.T + b2
+        logp = z - z.max(-1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+        losses.append(np.mean(-np.sum(y * logp, axis=-1)))
+        dz = (np.exp(logp) * y.sum(-1, keepdims=True) - y) / len(x)
+        dz1 = (dz @ W2) * (1 - h ** 2)
+        grads = [dz1.T @ x, dz1.sum(0), dz.T @ h, dz.sum(0)]
+        for p, g, st in zip(params, grads, state):
+            if kind == "Descent":
+                p -= 0.1 * g
+            elif kind == "Momentum":
+                st["v"] = 0.9 * st["v"] - 0.01 * g
+                p += st["v"]
+            else:
+                st["m"] = 0.9 * st["m"] + 0.1 * g
+                st["s"] = 0.999 * st["s"] + 0.001 * g * g
+                p -= 1e-3 * (st["m"] / (1 - 0.9 ** t)) / (np.sqrt(st["s"] / (1 - 0.999 ** t))
+                                                           + 1e-8)
+        trajectory.append([p.copy() for p in params])
+    return np.array(losses), trajectory
+
+
+@pytest.mark.parametrize("kind", OPT_IDS)
+def test_compiled_and_eager_trajectories_agree_f64(kind):
+    make_opt = OPTIMISERS[OPT_IDS.index(kind)]
     lc, pc = run_trajectory(make_opt(), np.float64, "compiled")
     le, pe = run_trajectory(make_opt(), np.float64, "eager")
-    assert len(lc) == len(le) == 20
+    ln, pn = np_trajectory(kind, np.float64)
+    assert len(lc) == len(le) == len(pc) == len(pe) == 20
     np.testing.assert_allclose(lc, le, rtol=1e-9, atol=1e-12)
-    for step_c, step_e in zip(pc, pe):
-        for a, b in zip(step_c, step_e):
+    np.testing.assert_allclose(lc, ln, rtol=1e-9, atol=1e-12)
+    for i, (step_c, step_e, step_n) in enumerate(zip(pc, pe, pn)):
+        for a, b, want in zip(step_c, step_e, step_n):
             assert a.dtype == b.dtype == np.float64
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
-    # the parameters moved and the loss went down on the whole
-    assert not np.allclose(pc[0][0], pc[-1][0])
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=f"step {i + 1}")
+            np.testing.assert_allclose(a, want, rtol=1e-9, atol=1e-12, err_msg=f"step {i + 1}")
+    # the parameters moved, each step
+    assert all(not np.array_equal(a[0], b[0]) for a, b in zip(pc, pc[1:]))
 
 
-@pytest.mark.parametrize("make_opt", OPTIMISERS, ids=["Descent", "Momentum", "Adam"])
-def test_compiled_and_eager_trajectories_agree_f32(make_opt):
+@pytest.mark.parametrize("kind", OPT_IDS)
+def test_compiled_and_eager_trajectories_agree_f32(kind):
+    make_opt = OPTIMISERS[OPT_IDS.index(kind)]
     lc, pc = run_trajectory(make_opt(), np.float32, "compiled")
     le, pe = run_trajectory(make_opt(), np.float32, "eager")
     assert len(lc) == len(le) == 20
     np.testing.assert_allclose(lc, le, rtol=1e-4)
     assert pc[-1][0].dtype == np.float32
+    # and both follow the float64 numpy reference started from the same float32 values
+    ln, _ = np_trajectory(kind, np.float32)
+    np.testing.assert_allclose(lc, ln, rtol=1e-4)
+    np.testing.assert_allclose(le, ln, rtol=1e-4)
 
 
 def test_first_step_loss_matches_numpy_logitcrossentropy():
