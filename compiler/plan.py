@@ -192,8 +192,14 @@ class Planner:
                     self.output_slot[node.id] = buf
                     continue
             pending_outputs.append((node, buf))
+        checks = self._finite_checks(g.checks)
+        waiting = {kern.nodes[0].id: kern for kern in checks}
         for unit in self._units():
             self._emit_unit(unit)
+            for node in unit[1]:            # check a gradient while it is still in cache
+                if node.id in waiting and node.id in self.layouts:
+                    self.kernels.append(self._placed(waiting.pop(node.id)))
+        self.kernels.extend(self._placed(kern) for kern in waiting.values())
         for node, buf in pending_outputs:
             dst = Layout(buf, 0, _dense_strides(node.shape), node.shape, node.dtype)
             self.kernels.append(self._copy_kernel(self.layout(node), dst, f"out_{buf.name}"))
@@ -201,21 +207,20 @@ class Planner:
         loss_layout = None
         if loss is not None:
             loss_layout = Layout(self.output_buffers["loss"], 0, (), (), loss.dtype)
-        checks = self._finite_checks(g.checks)
-        self.kernels.extend(checks)
         updates = self._updates_in_place(g.updates)
         for target, value in g.updates:
             if value.id not in self.written_in_place:
                 updates.append(self._copy_kernel(self.layout(value), self.layout(target),
                                                  f"update_{target.attrs.get('name', target.id)}"))
-        arena = self._assign_arena(self.kernels + updates)
+        arena = self._assign_arena(self.kernels + updates,
+                                   keep=[checks[0].flag.buffer] if checks else [])
         return Plan(self.kernels, updates, self.ext_slots, self.scalar_refs, self.constants,
                     arena, loss_layout, self.flops, checks)
 
     def _finite_checks(self, checks):
-        """One kernel per gradient, each summing into its float64 slot of one flags buffer:
-        one buffer, so its region stays live from the first check to the last, after which
-        the step reads every flag."""
+        """One kernel per gradient, each summing into its float64 slot of one flags buffer,
+        which stays allocated to the end of the step (the step reads the flags after every
+        compute kernel). Each runs right after its gradient is computed."""
         if not checks:
             return []
         flags = Buffer("arena", 8 * len(checks), name="finite")
@@ -224,9 +229,13 @@ class Planner:
         for k, (index, node) in enumerate(checks):
             _check_dtype(node.dtype, node.source)
             flag = Layout(flags, k, (), (), np.dtype(np.float64))
-            kernels.append(FiniteCheckKernel(f"finite{index}", self.layout(node), flag, index,
-                                             [node]))
+            kernels.append(FiniteCheckKernel(f"finite{index}", None, flag, index, [node]))
         return kernels
+
+    def _placed(self, kern):
+        """The check, now that its gradient has a layout."""
+        kern.src = self.layout(kern.nodes[0])
+        return kern
 
     def _updates_in_place(self, updates):
         """Move loops whose only results are new values of parameters or state (the optimiser
@@ -464,14 +473,17 @@ class Planner:
                                               f"unslice{len(self.kernels)}"))
 
     # -- memory ------------------------------------------------------------------------------
-    def _assign_arena(self, kernels):
-        """Greedy reuse: a buffer's region returns to the free list after its last reader."""
+    def _assign_arena(self, kernels, keep=()):
+        """Greedy reuse: a buffer's region returns to the free list after its last reader;
+        buffers in `keep` stay allocated to the end."""
         last_use, first_def = {}, {}
         for k, kern in enumerate(kernels):
             for lay in _kernel_layouts(kern):
                 if lay.buffer.kind == "arena":
                     first_def.setdefault(id(lay.buffer), k)
                     last_use[id(lay.buffer)] = k
+        for buf in keep:
+            last_use[id(buf)] = len(kernels)
         by_def = {}
         for buf in self.arena_buffers:
             if id(buf) in first_def:
