@@ -27,7 +27,8 @@ class ElementwiseFn:
 
     @functools.cached_property
     def expr(self):
-        return self.build(*self.symbols)
+        """The expression, each Piecewise in it made a Select (NaN in, NaN out)."""
+        return _nan_selects(self.build(*self.symbols))
 
     def derivative(self, i):
         """The ElementwiseFn of d(self)/d(x_i), taking (x_0 .. x_{n-1}, y) so that it may use
@@ -64,13 +65,20 @@ def _partial(fn, i, *syms):
 
 
 def _cotangent(fn, i, *syms):
-    """g * d; a derivative that is one Piecewise takes g into its branches (relu's becomes
-    "g where x > 0, else 0": a select, not a product with a 0/1 mask)."""
+    """g * d; a derivative that is one Piecewise or Select takes g into its branches (relu's
+    becomes "g where x > 0, else 0": a select, not a product with a 0/1 mask, which would
+    also turn an infinite g into NaN where the mask is 0)."""
+    return _into_branches(syms[-1], _partial(fn, i, *syms[:-1]))
+
+
+def _into_branches(g, d):
     import sympy
-    d = _partial(fn, i, *syms[:-1])
     if isinstance(d, sympy.Piecewise):
-        return sympy.piecewise_fold(syms[-1] * d)
-    return syms[-1] * d
+        return sympy.piecewise_fold(g * d)
+    if isinstance(d, select_function()):
+        cond, a, b, *operands = d.args
+        return d.func(cond, _into_branches(g, a), _into_branches(g, b), *operands)
+    return g * d
 
 
 def register(fn):
@@ -98,9 +106,116 @@ def _sp():
     return sympy
 
 
-def _piecewise(value_if, cond, value_else):
+@functools.cache
+def select_function():
+    """The sympy function Select(cond, a, b, *operands): a where cond holds, b where it fails,
+    NaN where one of `operands` is NaN. Made on first use, since sympy is imported lazily.
+
+    Every Piecewise of an elementwise function becomes nested Selects whose operands are its
+    conditions' (`_nan_selects`), so that a NaN input gives NaN -- relu(NaN) is NaN in Flux and
+    PyTorch, and NaN data then reaches the loss, where the non-finite check sees it. sympy's
+    Piecewise cannot say this: its real symbols are never NaN, so NaN takes the last branch
+    (relu's 0), and where a condition holds another Piecewise (relu(relu(x)) fused), sympy
+    folds the two over the real line, which has no NaN either. A Select is opaque to both; its
+    derivative keeps the condition and operands, so relu'(NaN) is NaN as well."""
     sp = _sp()
-    return sp.Piecewise((value_if, cond), (value_else, True))
+
+    class Select(sp.Function):
+        is_real = True
+        is_commutative = True
+
+        @classmethod
+        def eval(cls, cond, a, b, *operands):
+            if any(o is sp.nan for o in operands):
+                return sp.nan
+            if cond is sp.true:
+                return a
+            if cond is sp.false or a == b and not operands:
+                return b
+
+        def _eval_derivative(self, s):
+            cond, a, b, *operands = self.args
+            return Select(cond, a.diff(s), b.diff(s), *operands)
+    return Select
+
+
+def _nan_selects(expr):
+    """`expr` with each Piecewise as nested Selects, NaN where an operand of a condition is."""
+    sp = _sp()
+
+    def convert(piecewise):
+        *pairs, (out, cond) = piecewise.args
+        if cond is not sp.true:
+            out = _nan_select(cond, out, sp.nan)
+        for value, cond in reversed(pairs):
+            out = _nan_select(cond, value, out)
+        return out
+    return sp.sympify(expr).replace(lambda e: isinstance(e, sp.Piecewise), convert)
+
+
+def _nan_select(cond, a, b):
+    """Select(cond, a, b, *operands of cond) in its cheapest form: without the NaN test where a
+    branch is NaN by itself when an operand is -- `b`, if a NaN operand makes cond false; else
+    `a` under the negated comparison. relu is then "0 where x <= 0, else x", leakyrelu "x where
+    x > 0, else a x", and hardsigmoid tests nothing either: one comparison and one select per
+    branch, natively and in numpy, as they cost when NaN gave 0."""
+    select = select_function()
+    operands = sorted(cond.free_symbols, key=_sp().default_sort_key)
+    if all(_false_at_nan(cond, o) and _carries_nan(b, o) for o in operands):
+        return select(cond, a, b)
+    if cond.is_Relational and all(_false_at_nan(cond.negated, o) and _carries_nan(a, o)
+                                  for o in operands):
+        return select(cond.negated, b, a)
+    return select(cond, a, b, *operands)
+
+
+def _false_at_nan(cond, x):
+    """Whether `cond` is false wherever x is NaN, float comparisons with NaN being false
+    (all but !=)."""
+    sp = _sp()
+    if cond.is_Relational:
+        return cond.rel_op != "!=" and x in cond.free_symbols
+    if isinstance(cond, sp.And):
+        return any(_false_at_nan(c, x) for c in cond.args)
+    if isinstance(cond, sp.Or):
+        return all(_false_at_nan(c, x) for c in cond.args)
+    return False
+
+
+def _carries_nan(e, x):
+    """Whether `e` is NaN wherever x is NaN, by arithmetic (both printers compute exp, log,
+    tanh, Abs, sign, Max and Min so)."""
+    sp = _sp()
+    if e == x:
+        return True
+    if e.is_Add or e.is_Mul or isinstance(e, (sp.exp, sp.log, sp.tanh, sp.Abs, sp.sign, sp.Max,
+                                              sp.Min)):
+        return any(_carries_nan(a, x) for a in e.args)
+    if e.is_Pow:        # NaN ** 0 is 1
+        return e.exp.is_number and e.exp != 0 and _carries_nan(e.base, x)
+    if isinstance(e, select_function()):
+        cond, a, b, *operands = e.args
+        return x in operands or _carries_nan(b, x) and (_false_at_nan(cond, x) or
+                                                        _carries_nan(a, x))
+    return False
+
+
+def has_select(expr):
+    """Whether `expr` selects (its numpy form is np.where, whose literals may change dtypes)."""
+    return expr.has(select_function())
+
+
+def _piecewise(*branches):
+    """_piecewise((v1, c1), (v2, c2), ..., otherwise): the first v whose condition holds, else
+    `otherwise` (and NaN where a condition's operand is NaN: see select_function)."""
+    *pairs, otherwise = branches
+    return _sp().Piecewise(*pairs, (otherwise, True))
+
+
+def _select(value_if, cond, value_else):
+    """A select with numpy's NaN rules, for comparisons and where: a comparison with NaN is
+    false (np.greater), a NaN condition of np.where is true (it is nonzero)."""
+    return select_function()(cond, value_if, value_else)
 
 
 def _builtin(name, arity, grad=None):
@@ -159,73 +274,80 @@ def _sigmoid(a): return 1 / (1 + _sp().exp(-a))
 
 
 @_builtin("relu", 1)
-def _relu(a): return _piecewise(a, a > 0, 0)
+def _relu(a): return _piecewise((a, a > 0), 0)
 
 
 @_builtin("abs", 1)
-def _abs(a): return _piecewise(a, a >= 0, -a)
+def _abs(a): return _piecewise((a, a >= 0), -a)
 
 
 @_builtin("maximum", 2)
-def _maximum(a, b): return _piecewise(a, a >= b, b)
+def _maximum(a, b): return _piecewise((a, a >= b), b)
 
 
 @_builtin("minimum", 2)
-def _minimum(a, b): return _piecewise(a, a <= b, b)
+def _minimum(a, b): return _piecewise((a, a <= b), b)
 
 
 @_builtin("greater", 2)
-def _greater(a, b): return _piecewise(1, a > b, 0)
+def _greater(a, b): return _select(1, a > b, 0)
 
 
 @_builtin("greater_equal", 2)
-def _greater_equal(a, b): return _piecewise(1, a >= b, 0)
+def _greater_equal(a, b): return _select(1, a >= b, 0)
 
 
 @_builtin("less", 2)
-def _less(a, b): return _piecewise(1, a < b, 0)
+def _less(a, b): return _select(1, a < b, 0)
 
 
 @_builtin("less_equal", 2)
-def _less_equal(a, b): return _piecewise(1, a <= b, 0)
+def _less_equal(a, b): return _select(1, a <= b, 0)
 
 
 @_builtin("equal", 2)
-def _equal(a, b): return _piecewise(1, _sp().Eq(a, b), 0)
+def _equal(a, b): return _select(1, _sp().Eq(a, b), 0)
 
 
 @_builtin("where", 3)
-def _where(c, a, b): return _piecewise(a, _sp().Ne(c, 0), b)
+def _where(c, a, b): return _select(a, _sp().Ne(c, 0), b)
 
 
 @_builtin("xlogy", 2)
-def _xlogy(x, y): return _piecewise(0, _sp().Eq(x, 0), x * _sp().log(y))
+def _xlogy(x, y): return _piecewise((0, _sp().Eq(x, 0)), x * _sp().log(y))
 
 
 @_builtin("xlogx", 1)
-def _xlogx(x): return _piecewise(0, _sp().Eq(x, 0), x * _sp().log(x))
+def _xlogx(x): return _piecewise((0, _sp().Eq(x, 0)), x * _sp().log(x))
 
 
-@_builtin("softplus", 1)
+def _softplus_grad(y, x):
+    """sigmoid(x). sympy's derivative of the stable form adds relu'(x) and
+    -sign(x) e^-|x| / (1 + e^-|x|), whose one-sided choices at 0 are both 0: softplus'(0)
+    would be 0, not 1/2."""
+    return [1 / (1 + _sp().exp(-x))]
+
+
+@_builtin("softplus", 1, grad=_softplus_grad)
 def _softplus(x): return _relu(x) + _sp().log(1 + _sp().exp(-_sp().Abs(x)))
 
 
 @_builtin("leakyrelu", 2)
-def _leakyrelu(x, a): return _piecewise(x, x > 0, a * x)
+def _leakyrelu(x, a): return _piecewise((x, x > 0), a * x)
 
 
 @_builtin("elu", 2)
-def _elu(x, a): return _piecewise(x, x > 0, a * (_sp().exp(x) - 1))
+def _elu(x, a): return _piecewise((x, x > 0), a * (_sp().exp(x) - 1))
 
 
 @_builtin("celu", 2)
-def _celu(x, a): return _piecewise(x, x > 0, a * (_sp().exp(x / a) - 1))
+def _celu(x, a): return _piecewise((x, x > 0), a * (_sp().exp(x / a) - 1))
 
 
 @_builtin("selu", 1)
 def _selu(x):
     lam, alpha = 1.0507009873554804934193349852946, 1.6732632423543772848170429916717
-    return lam * _piecewise(x, x > 0, alpha * (_sp().exp(x) - 1))
+    return lam * _piecewise((x, x > 0), alpha * (_sp().exp(x) - 1))
 
 
 @_builtin("gelu", 1)
@@ -239,11 +361,11 @@ def _swish(x): return x * _sigmoid(x)
 
 
 @_builtin("hardsigmoid", 1)
-def _hardsigmoid(x): return _piecewise(0, x <= -3, _piecewise(1, x >= 3, (x + 3) / 6))
+def _hardsigmoid(x): return _piecewise((0, x <= -3), (1, x >= 3), (x + 3) / 6)
 
 
 @_builtin("relu6", 1)
-def _relu6(x): return _piecewise(0, x <= 0, _piecewise(6, x >= 6, x))
+def _relu6(x): return _piecewise((0, x <= 0), (6, x >= 6), x)
 
 
 @_builtin("softsign", 1)

@@ -130,6 +130,18 @@ def bind(op, args, attrs):
     return NUMPY_IMPLS[op](*args, **attrs)
 
 
+def _traced(*args):
+    """Whether an op records a node (a context is active, or an operand is traced). Otherwise
+    it runs on numpy values, and numpy's dtype rules hold: the graph's -- one floating dtype
+    per node, since native kernels compute in float32 or float64 -- are for graphs only."""
+    if _contexts:
+        return True
+    for a in args:
+        if isinstance(a, Tracer):
+            return True
+    return False
+
+
 def _is_tensor(x):
     return type(x) is np.ndarray or isinstance(x, (Tracer, np.ndarray))
 
@@ -194,7 +206,7 @@ def where(cond, a, b): return elementwise("where", cond, a, b)
 
 
 def power(a, b):
-    if type(b) in (int, float) and b == 2:
+    if type(b) in (int, float) and b == 2 and _traced(a):
         return square(a)
     return elementwise("pow", a, b)
 
@@ -228,6 +240,8 @@ def max(x, axis=None, keepdims=False):  # noqa: A001
 
 
 def mean(x, axis=None, keepdims=False):
+    """The sum times 1/n. Untraced, integers and booleans are summed in int64 and the product
+    with 1/n is float64: numpy's mean, dtype included."""
     x = _as_float(x)
     axes = _axes(x, axis)
     shape = x.shape
@@ -236,10 +250,14 @@ def mean(x, axis=None, keepdims=False):
 
 
 def _as_float(x):
+    """A reduction's operand: traced, of a floating dtype (the graph's rule); untraced, as a
+    numpy array, whose reduction then follows numpy's rules (np.sum of int64 is int64)."""
     dtype = getattr(x, "dtype", None)
     if dtype is not None and dtype.kind == "f" and (type(x) is np.ndarray or
                                                      isinstance(x, Tracer)):
         return x
+    if not _traced(x):
+        return np.asarray(x)
     if not _is_tensor(x):
         x = np.asarray(x) if isinstance(x, np.generic) else np.asarray(x, dtype=np.float64)
     if x.dtype.kind != "f":
@@ -250,7 +268,10 @@ def _as_float(x):
 # ---- linear algebra and movement ---------------------------------------------------------------
 
 def matmul(a, b, ta=False, tb=False):
-    """a @ b for 2-d operands, with a 1-d operand promoted as numpy does."""
+    """a @ b for 2-d operands, with a 1-d operand promoted as numpy does. Untraced it is numpy's
+    matmul itself: its dtype promotion, a scalar from two vectors, stacks of matrices."""
+    if not _traced(a, b):
+        return bind("matmul", (a, b), {"ta": bool(ta), "tb": bool(tb)})
     da, db = getattr(a, "dtype", None), getattr(b, "dtype", None)
     if da is not None and db is not None and da != db and _is_tensor(a) and _is_tensor(b):
         dt = np.result_type(a.dtype, b.dtype)

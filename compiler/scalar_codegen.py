@@ -2,8 +2,11 @@
 
 The fused group's expressions go through sympy's `cse` first, so a value shared by the forward
 and backward halves of a kernel (tanh(x) and 1 - tanh(x)^2) is computed once."""
+import math
+
 from llvmlite import ir
 
+from . import elementwise as ew
 from . import transcendental as tr
 from .errors import CompileError
 
@@ -121,11 +124,16 @@ def _emit_new(b, e, env, ty, memo, sp):
         if ex.is_Number and float(ex) == -0.5:
             return b.fdiv(_const(ty, 1.0), tr.call(b, "sqrt", ty, emit(base)), flags=FLAGS)
         return tr.exp(b, b.fmul(emit(ex), tr.log(b, emit(base), ty), flags=FLAGS), ty)
-    if isinstance(e, sp.Piecewise):
-        (v, c), rest = e.args[0], e.args[1:]
-        if c is sp.true or not rest:
-            return emit(v)
-        return b.select(_cond(b, c, env, ty, memo, sp), emit(v), emit(sp.Piecewise(*rest)))
+    if isinstance(e, ew.select_function()):
+        cond, a, otherwise, *operands = e.args
+        otherwise = emit(otherwise)
+        if operands:    # fcmp ord: neither operand is NaN
+            vals = [emit(o) for o in operands]
+            ordered = b.fcmp_ordered("ord", vals[0], vals[-1])
+            for v in vals[1:-1]:
+                ordered = b.and_(ordered, b.fcmp_ordered("ord", v, v))
+            otherwise = b.select(ordered, otherwise, _const(ty, math.nan))
+        return b.select(_cond(b, cond, env, ty, memo, sp), emit(a), otherwise)
     if isinstance(e, sp.exp):
         return tr.exp(b, emit(e.args[0]), ty)
     if isinstance(e, sp.log):
@@ -135,15 +143,14 @@ def _emit_new(b, e, env, ty, memo, sp):
     if isinstance(e, sp.Abs):
         return tr.call(b, "fabs", ty, emit(e.args[0]))
     if isinstance(e, sp.sign):
-        x = emit(e.args[0])
+        x = emit(e.args[0])     # x itself where x is 0 or NaN (unordered ==), as np.sign
         one = tr.call(b, "copysign", ty, _const(ty, 1.0), x)
-        return b.select(b.fcmp_ordered("==", x, _const(ty, 0.0)), _const(ty, 0.0), one)
+        return b.select(b.fcmp_unordered("==", x, _const(ty, 0.0)), x, one)
     if isinstance(e, (sp.Max, sp.Min)):
-        vals = [emit(a) for a in e.args]
+        vals = [emit(a) for a in e.args]   # llvm.maximum: NaN from either operand, as np.maximum
         out = vals[0]
-        rel = ">" if isinstance(e, sp.Max) else "<"
         for v in vals[1:]:
-            out = b.select(b.fcmp_ordered(rel, out, v), out, v)
+            out = tr.call(b, "maximum" if isinstance(e, sp.Max) else "minimum", ty, out, v)
         return out
     raise CompileError(f"no LLVM lowering for the sympy function {e.func.__name__} in {e}; "
                        "write the elementwise function with exp/log/tanh/powers/Piecewise")

@@ -81,7 +81,8 @@ def logsoftmax(x, axis=-1):
 
 def elementwise(name, f):
     """Define a new elementwise function from `f`, which maps real sympy symbols to a sympy
-    expression. Its derivative comes from sympy; it fuses and compiles like a built-in.
+    expression. Its derivative comes from sympy; it fuses and compiles like a built-in. A
+    Piecewise in it is NaN where an operand of its conditions is NaN, as the built-ins are.
 
         softsign = gf.elementwise("softsign", lambda x: x / (1 + sympy.Abs(x)))
     """

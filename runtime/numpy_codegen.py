@@ -112,21 +112,16 @@ def _inline_keeps_shape(node, folded):
     """Whether elementwise `node`'s sympy expression, printed inline, gives its shape and
     dtype: always for an exact function; for one with unused operands (a cotangent that does
     not read the primal output, say) when the operands it reads span the node's shape in the
-    node's dtype. Piecewise expressions keep their generated function (np.where fix-ups)."""
+    node's dtype. Selects keep their generated function (np.where fix-ups)."""
     name = node.attrs["fn"]
     if is_exact(name) and not any(i.id in folded for i in node.inputs):
         return True
     fn = ew.get(name)
-    if _is_piecewise(fn):
+    if ew.has_select(fn.expr):
         return False
     used = [i for s, i in zip(fn.symbols, node.inputs) if s in fn.expr.free_symbols]
     return bool(used) and all(i.dtype == node.dtype for i in used) and tuple(
         np.broadcast_shapes(*[folded.get(i.id, i.shape) for i in used])) == tuple(node.shape)
-
-
-def _is_piecewise(fn):
-    import sympy as sp      # loaded already: fn.expr is a sympy expression
-    return fn.expr.has(sp.Piecewise)
 
 
 def _broadcast_is_implicit(node, readers, folded):
@@ -136,7 +131,7 @@ def _broadcast_is_implicit(node, readers, folded):
     The materialised copy is then skipped, and the numbers are the same."""
     source = node.inputs[0]
     for r in readers:
-        if r.op != "elementwise" or _is_piecewise(ew.get(r.attrs["fn"])):
+        if r.op != "elementwise" or ew.has_select(ew.get(r.attrs["fn"]).expr):
             return False
         fn = ew.get(r.attrs["fn"])
         shapes = []

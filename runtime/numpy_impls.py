@@ -9,11 +9,14 @@ from .sympy_numpy import to_numpy_source
 
 _compiled = {}
 
-# Built-ins whose numpy ufunc is the sympy definition (tests/test_numpy_impls.py checks each
-# against the function generated from the expression); they skip the generated wrapper.
+# Built-ins whose numpy function is the sympy definition (tests/test_numpy_impls.py checks each
+# against the function generated from the expression, tests/test_nan_propagation.py with NaN
+# and infinities too); they skip the generated wrapper, so that on numpy arrays they give
+# numpy's own result and dtype (np.where's is that of its branches, not of its condition).
 UFUNCS = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.true_divide,
           "neg": np.negative, "exp": np.exp, "log": np.log, "tanh": np.tanh,
-          "sqrt": np.sqrt, "square": np.square}
+          "sqrt": np.sqrt, "square": np.square, "pow": np.power, "abs": np.absolute,
+          "maximum": np.maximum, "minimum": np.minimum, "where": np.where}
 
 
 def elementwise_function(name):
@@ -58,15 +61,14 @@ def elementwise_function(name):
 def is_exact(name):
     """Whether ElementwiseFn `name`'s numpy expression keeps its operands' dtype and shape by
     itself (no np.where with float literals, no unused operand)."""
-    import sympy as sp
     fn = ew.get(name)
-    return not fn.expr.has(sp.Piecewise) and fn.expr.free_symbols == set(fn.symbols)
+    return not ew.has_select(fn.expr) and fn.expr.free_symbols == set(fn.symbols)
 
 
 def _may_warn(expr):
-    """A Piecewise whose branches divide, take logs or exponentials, or roots."""
+    """A select whose branches divide, take logs or exponentials, or roots."""
     import sympy as sp
-    if not expr.has(sp.Piecewise):
+    if not ew.has_select(expr):
         return False
     for e in sp.preorder_traversal(expr):
         if e.func in (sp.exp, sp.log) or (e.is_Pow and not (e.args[1].is_Integer

@@ -1,7 +1,11 @@
 """sympy expression -> numpy source, the runtime's printer for elementwise functions.
 
-Written here rather than with sympy.lambdify so that Piecewise, powers and dtypes come out exactly
-as the LLVM lowering computes them (python floats stay weak, so float32 stays float32)."""
+Written here rather than with sympy.lambdify so that selects (NaN where a condition's operand
+is NaN, see elementwise.select_function), powers and dtypes come out exactly as the LLVM lowering
+computes them (python floats stay weak, so float32 stays float32)."""
+import math
+
+from graphflux.compiler import elementwise as ew
 
 
 def to_numpy_source(expr, names):
@@ -10,10 +14,8 @@ def to_numpy_source(expr, names):
     def p(e):
         if e.is_Symbol:
             return names[e.name]
-        if e.is_Number:
-            return repr(float(e))
-        if e is sp.pi or e is sp.E:
-            return repr(float(e))
+        if e.is_number and not e.is_Boolean:
+            return number(float(e))
         if e.is_Add:
             return add(e)
         if e.is_Mul:
@@ -29,11 +31,13 @@ def to_numpy_source(expr, names):
             if x == -sp.Rational(1, 2):
                 return f"(1.0 / np.sqrt({p(b)}))"
             return f"np.power({p(b)}, {p(x)})"
-        if isinstance(e, sp.Piecewise):
-            (v, c), rest = e.args[0], e.args[1:]
-            if c is sp.true:
-                return p(v)
-            return f"np.where({p(c)}, {p(v)}, {p(sp.Piecewise(*rest)) if rest else 'np.nan'})"
+        if isinstance(e, ew.select_function()):
+            cond, a, otherwise, *operands = e.args
+            otherwise = p(otherwise)
+            if operands:    # NaN as the operands' sum: np.nan would make the result float64
+                otherwise = f"np.where({ordered(operands)}, {otherwise}, " \
+                            f"{' + '.join(p(o) for o in operands)})"
+            return f"np.where({p(cond)}, {p(a)}, {otherwise})"
         if isinstance(e, sp.And):
             return "(" + " & ".join(p(a) for a in e.args) + ")"
         if isinstance(e, sp.Or):
@@ -58,6 +62,16 @@ def to_numpy_source(expr, names):
                 out = f"{f}({out}, {p(a)})"
             return out
         raise NotImplementedError(f"no numpy printer for sympy {e.func.__name__}")
+
+    def ordered(operands):
+        """No operand is NaN: x == x is false only for NaN."""
+        tests = [f"({p(o)} == {p(o)})" for o in operands]
+        return tests[0] if len(tests) == 1 else "(" + " & ".join(tests) + ")"
+
+    def number(v):
+        """A constant (sqrt(2/pi) too) as a Python float, which numpy treats as weak: printed
+        as np.sqrt(2.0) it would be a float64 scalar, and gelu of float32 float64."""
+        return repr(v) if math.isfinite(v) else f"float('{v}')"
 
     def add(e):
         """Negative terms as subtractions: `1 - y*y` is two numpy calls, not three."""
