@@ -14,16 +14,23 @@ class _Group:
         self.id, self.shape, self.dtype = gid, shape, dtype
         self.members = set()
         self.reductions = set()
+        self.first = float("inf")     # the earliest member's position in topological order
+
+    def add(self, node_id, position):
+        self.members.add(node_id)
+        self.first = min(self.first, position)
 
 
-def _depends_on(node, group, group_of, nodes):
+def _depends_on(node, group, group_of, nodes, position):
     """Does `node` (outside `group`) read any member of `group`, directly or transitively?
     A node in another group stands for its whole group, since a group runs as one loop: this
-    keeps the graph of kernels acyclic, not just each group convex."""
+    keeps the graph of kernels acyclic, not just each group convex. The search stops at nodes
+    that come before the group's first member in topological order -- they cannot depend on
+    it -- so it stays local instead of walking every ancestor (linear compile time)."""
     stack, seen, seen_groups = [node], set(), set()
     while stack:
         n = stack.pop()
-        if n.id in seen:
+        if n.id in seen or position[n.id] < group.first:
             continue
         seen.add(n.id)
         if n.id in group.members:        # reached through another group's inputs
@@ -40,7 +47,7 @@ def _depends_on(node, group, group_of, nodes):
     return False
 
 
-def _can_join(node, group, producer, group_of, nodes):
+def _can_join(node, group, producer, group_of, nodes, position):
     if node.op in REDUCTIONS:
         shape_ok = producer.shape == group.shape and producer.id not in group.reductions
     else:
@@ -48,7 +55,7 @@ def _can_join(node, group, producer, group_of, nodes):
         shape_ok = shape_ok and not any(i.id in group.reductions for i in node.inputs)
     if not shape_ok:
         return False
-    return not any(_depends_on(i, group, group_of, nodes)
+    return not any(_depends_on(i, group, group_of, nodes, position)
                    for i in node.inputs if i.id not in group.members)
 
 
@@ -62,12 +69,14 @@ def _mergeable(a, b):
 
 def fuse_elementwise(graph):
     groups, group_of = [], {}
-    nodes = {n.id: n for n in graph.nodes}
+    order = graph.nodes
+    nodes = {n.id: n for n in order}
+    position = {n.id: k for k, n in enumerate(order)}
 
     def external_inputs(g):
         return [i for m in g.members for i in nodes[m].inputs if i.id not in g.members]
 
-    for node in graph.nodes:
+    for node in order:
         if node.op not in FUSIBLE and node.op not in REDUCTIONS:
             continue
         candidates = []
@@ -76,7 +85,7 @@ def fuse_elementwise(graph):
             if g is not None and g not in candidates and i.op in FUSIBLE \
                     and i.dtype == node.inputs[0].dtype \
                     and (node.op in REDUCTIONS or i.dtype == node.dtype) \
-                    and _can_join(node, g, i, group_of, nodes):
+                    and _can_join(node, g, i, group_of, nodes, position):
                 candidates.append(g)
         chosen = candidates[0] if candidates else None
         if chosen is None:
@@ -88,16 +97,19 @@ def fuse_elementwise(graph):
                 continue
             merged = _Group(chosen.id, chosen.shape, chosen.dtype)
             merged.members = chosen.members | other.members
+            merged.first = min(chosen.first, other.first)
             view = dict(group_of)
             for m in merged.members:
                 view[m] = merged
-            if any(_depends_on(i, merged, view, nodes) for i in external_inputs(merged)):
+            if any(_depends_on(i, merged, view, nodes, position)
+                   for i in external_inputs(merged)):
                 continue
             chosen.members |= other.members
+            chosen.first = merged.first
             for m in other.members:
                 group_of[m] = chosen
             other.members = set()
-        chosen.members.add(node.id)
+        chosen.add(node.id, position[node.id])
         if node.op in REDUCTIONS:
             chosen.reductions.add(node.id)
         group_of[node.id] = chosen

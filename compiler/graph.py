@@ -7,8 +7,6 @@ import numpy as np
 
 _ids = itertools.count()
 
-SOURCE_OPS = ("input", "scalar", "const")
-
 
 class Node:
     """One value: `op` applied to `inputs` with hashable `attrs`, of static `shape` and `dtype`.
@@ -88,6 +86,7 @@ class Graph:
         self.checks = list(checks)
         self.name = name
         self.groups = dict(groups or {})
+        self._nodes = None
 
     def roots(self):
         return [n for _, n in self.outputs] + [v for _, v in self.updates] + \
@@ -95,10 +94,13 @@ class Graph:
 
     @property
     def nodes(self):
-        reachable = toposort(self.roots())
-        ids = {n.id for n in reachable}
-        unused = [n for n in self.inputs if n.id not in ids]
-        return unused + reachable
+        """Unused inputs, then every node the roots reach in topological order -- computed
+        once: a Graph is not changed after it is made (passes build new ones)."""
+        if self._nodes is None:
+            reachable = toposort(self.roots())
+            ids = {n.id for n in reachable}
+            self._nodes = [n for n in self.inputs if n.id not in ids] + reachable
+        return self._nodes
 
     def replace(self, mapping, groups=None):
         """A new Graph whose outputs and updates are remapped through `mapping` (id -> Node)."""

@@ -1,6 +1,12 @@
 """Lowering a Plan to one LLVM module: a function per kernel over `noalias` pointers, and the
 exported step function that calls them in order.
 
+Kernels stay separate functions (`noinline`), so LLVM optimises each once instead of one huge
+step, and structurally identical kernels (the same code over other buffers: the layers of a
+deep MLP) are emitted once and called several times. Each call in the step is preceded by a
+comment naming the graph nodes it computes (as the optimised graph's listing numbers them) and
+the user's source lines. `EMITTERS` maps each kernel kind to the code that emits its call.
+
     i32 step(ptr bufs, ptr scalars)
 
 `bufs[0]` is the arena, `bufs[i]` the i-th external array (inputs, parameters, state, constants,
@@ -13,8 +19,8 @@ from llvmlite import ir
 
 from . import transcendental as tr
 from .loops import I64, for_range, gep, i64
-from .matmul import declare_gemm
-from .plan import FiniteCheckKernel, GemmKernel, RandomKernel
+from .matmul import SCRATCH_BYTES, declare_gemm, pack_elements
+from .ops import RANDOM_MIX
 from .scalar_codegen import emit_expressions
 
 PTR = ir.PointerType()
@@ -60,35 +66,42 @@ def _collapse(shape, operand_strides):
     return shape, strides
 
 
-def _kernel_function(module, name, buffers):
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * len(buffers)), name=name)
+class CpuBackend:
+    """What this backend needs from the planner, stated here so the planner imports none of
+    it: the GEMM's packing buffers (sized by the SIMD width) and its per-thread scratch."""
+
+    def __init__(self, vector_width, threads):
+        self.vector_width, self.threads = vector_width, threads
+
+    def gemm_buffers(self, m, n, k, dtype):
+        """(packed A bytes, packed B bytes, thread scratch bytes) for an m x k @ k x n GEMM."""
+        dtype = np.dtype(dtype)
+        pa, pb = pack_elements(m, n, k, self.vector_width[dtype], dtype, self.threads)
+        return pa * dtype.itemsize, pb * dtype.itemsize, SCRATCH_BYTES
+
+
+def _kernel_function(module, name, n_buffers):
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * n_buffers), name=name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
     for a in fn.args:
         a.add_attribute("noalias")
     return fn
 
 
-def _distinct_buffers(layouts):
-    out = []
-    for lay in layouts:
-        if all(lay.buffer is not b for b in out):
-            out.append(lay.buffer)
-    return out
-
-
-def emit_loop_kernel(module, kern):
+def emit_loop_kernel(module, kern, name):
     ty = llvm_type(kern.dtype)
-    layouts = [lay for lay, _ in kern.inputs] + [lay for lay, _, _ in kern.outputs]
-    buffers = _distinct_buffers(layouts)
-    fn = _kernel_function(module, kern.name, buffers)
+    buffers = kern.buffers()
+    layouts = kern.layouts()
+    fn = _kernel_function(module, name, len(buffers))
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     shape, strides = _collapse(kern.shape, [lay.strides for lay in layouts])
     n_in = len(kern.inputs)
     if int(np.prod(kern.shape, dtype=np.int64)) == 0:
         b.ret_void()
-        return fn, buffers
+        return fn
 
     for lay, _, mode in kern.outputs:
         if mode in ("sum", "max"):
@@ -96,12 +109,12 @@ def emit_loop_kernel(module, kern):
                                 dtype=np.int64))
             init = ir.Constant(ty, 0.0 if mode == "sum" else -np.inf)
             base = arg[id(lay.buffer)]
-            for_range(b, 0, count, lambda i, base=base, off=lay.offset:
+            for_range(b, 0, count, lambda i, base=base, off=kern.relative(lay):
                       b.store(init, gep(b, base, b.add(i, i64(off)), ty)), name="init")
 
     def body(indices):
         def offset(lay, st):
-            off = i64(lay.offset)
+            off = i64(kern.relative(lay))
             for i, s in zip(indices, st):
                 if s:
                     off = b.add(off, b.mul(i, i64(s)))
@@ -111,7 +124,7 @@ def emit_loop_kernel(module, kern):
             lty = llvm_type(lay.dtype)
             v = b.load(gep(b, arg[id(lay.buffer)], offset(lay, st), lty), typ=lty)
             env[sym] = _convert(b, v, lay.dtype, ty)
-        values = emit_expressions(b, [e for _, e, _ in kern.outputs], env, ty)
+        values = emit_expressions(b, [e for _, e, _ in kern.outputs], env, ty, kern.lets)
         for (lay, _, mode), st, v in zip(kern.outputs, strides[n_in:], values):
             p = gep(b, arg[id(lay.buffer)], offset(lay, st), ty)
             if mode == "sum":
@@ -128,24 +141,22 @@ def emit_loop_kernel(module, kern):
                   name=f"d{depth}")
     nest(0, [])
     b.ret_void()
-    return fn, buffers
+    return fn
 
 
-MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
-
-
-def emit_random_kernel(module, kern):
+def emit_random_kernel(module, kern, name):
     """out[i] = 24 bits of splitmix64's finaliser over (key, counter, i), as a float in [0, 1)
     -- the same bits runtime.numpy_impls.random computes."""
     ty = llvm_type(kern.out.dtype)
-    buffers = _distinct_buffers([kern.counter, kern.out])
-    fn = _kernel_function(module, kern.name, buffers)
+    buffers = kern.buffers()
+    fn = _kernel_function(module, name, len(buffers))
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     cty = llvm_type(kern.counter.dtype)
-    raw = b.load(gep(b, arg[id(kern.counter.buffer)], kern.counter.offset, cty), typ=cty)
+    raw = b.load(gep(b, arg[id(kern.counter.buffer)], kern.relative(kern.counter), cty),
+                 typ=cty)
     counter = b.fptosi(raw, I64) if np.dtype(kern.counter.dtype).kind == "f" else raw
-    c1, c2, c3 = (ir.Constant(I64, m - 2 ** 64 if m >= 2 ** 63 else m) for m in MIX)
+    c1, c2, c3 = (ir.Constant(I64, m - 2 ** 64 if m >= 2 ** 63 else m) for m in RANDOM_MIX)
     base = b.add(b.mul(i64(kern.key % 2 ** 64 - (2 ** 64 if kern.key % 2 ** 64 >= 2 ** 63
                                                   else 0)), c1), b.mul(counter, c2))
     scale = ir.Constant(ty, 2.0 ** -24)
@@ -156,21 +167,22 @@ def emit_random_kernel(module, kern):
         z = b.mul(b.xor(z, b.lshr(z, i64(27))), c3)
         z = b.xor(z, b.lshr(z, i64(31)))
         u = b.fmul(b.uitofp(b.lshr(z, i64(40)), ty), scale)
-        b.store(u, gep(b, arg[id(kern.out.buffer)], b.add(i, i64(kern.out.offset)), ty))
+        b.store(u, gep(b, arg[id(kern.out.buffer)], b.add(i, i64(kern.relative(kern.out))),
+                       ty))
     count = int(np.prod(kern.out.shape, dtype=np.int64))
     if count:
         for_range(b, 0, count, body, name="r")
     b.ret_void()
-    return fn, buffers
+    return fn
 
 
-def emit_finite_check(module, kern):
+def emit_finite_check(module, kern, name):
     """flag = sum of (x - x) over the gradient, accumulated in its own type (so the loop
     vectorises like any sum) and stored as a double."""
     src = kern.src
     ty = llvm_type(src.dtype)
-    buffers = _distinct_buffers([src, kern.flag])
-    fn = _kernel_function(module, kern.name, buffers)
+    buffers = kern.buffers()
+    fn = _kernel_function(module, name, len(buffers))
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     acc = b.alloca(ty, name="acc")
@@ -178,7 +190,7 @@ def emit_finite_check(module, kern):
     shape, (strides,) = _collapse(src.shape, [src.strides])
 
     def body(indices):
-        off = i64(src.offset)
+        off = i64(kern.relative(src))
         for i, st in zip(indices, strides):
             if st:
                 off = b.add(off, b.mul(i, i64(st)))
@@ -196,12 +208,10 @@ def emit_finite_check(module, kern):
     total = b.load(acc, typ=ty)
     if not isinstance(ty, ir.DoubleType):
         total = b.fpext(total, ir.DoubleType())
-    b.store(total, gep(b, arg[id(kern.flag.buffer)], kern.flag.offset, ir.DoubleType()))
+    b.store(total, gep(b, arg[id(kern.flag.buffer)], kern.relative(kern.flag),
+                       ir.DoubleType()))
     b.ret_void()
-    return fn, buffers
-
-
-EMITTERS = {RandomKernel: emit_random_kernel, FiniteCheckKernel: emit_finite_check}
+    return fn
 
 
 def _branch_unless(b, step, ok, status, what):
@@ -214,56 +224,125 @@ def _branch_unless(b, step, ok, status, what):
     b.position_at_end(good)
 
 
+class _Step:
+    """A function of the step being built -- the exported step or one of its segments, all
+    `(ptr bufs, ptr scalars)` -- with its IR builder and the base pointer of each buffer, and
+    the kernel functions emitted so far by structure (shared by every segment, so identical
+    kernels share one)."""
+
+    def __init__(self, module, vector_width):
+        self.module, self.vector_width = module, vector_width
+        self.functions = {}
+
+    def open(self, name, returns):
+        self.fn = ir.Function(self.module, ir.FunctionType(returns, [PTR, PTR]), name=name)
+        self.fn.attributes.add("nounwind")
+        self.bufs, self.scalars = self.fn.args
+        self.bufs.name, self.scalars.name = "bufs", "scalars"
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.arena = self.b.load(gep(self.b, self.bufs, 0, PTR), typ=PTR, name="arena")
+        return self.fn
+
+    def base(self, buf):
+        b = self.b
+        if buf.kind == "scalars":
+            return self.scalars
+        if buf.kind == "arena":
+            return b.gep(self.arena, [i64(buf.offset)], inbounds=True,
+                         source_etype=ir.IntType(8))
+        # loaded at each use: a value kept from the first use would live across the whole
+        # step, and a long step's register allocation would pay for thousands of those
+        return b.load(gep(b, self.bufs, buf.slot, PTR), typ=PTR, name=f"ext{buf.slot}")
+
+    def at(self, lay):
+        return gep(self.b, self.base(lay.buffer), lay.offset, llvm_type(lay.dtype))
+
+    def function(self, kern, emit):
+        key = kern.structure()
+        fn = self.functions.get(key)
+        if fn is None:
+            fn = self.functions[key] = emit(self.module, kern, kern.name)
+        return fn
+
+    def call_function(self, kern, emit):
+        """Call the kernel's function with, for each buffer, a pointer to the first byte the
+        kernel touches (its code holds offsets relative to that, so it is shareable)."""
+        origins = kern.origins()
+        args = [self.b.gep(self.base(buf), [i64(origins[id(buf)])], inbounds=True,
+                           source_etype=ir.IntType(8)) if origins[id(buf)] else self.base(buf)
+                for buf in kern.buffers()]
+        fn = self.function(kern, emit)
+        kern.function = fn.name          # shared by identical kernels: the listing says so
+        self.b.call(fn, args)
+
+
+def _call_gemm(step, kern):
+    dtype = np.dtype(kern.out.dtype)
+    fn = declare_gemm(step.module, llvm_type(dtype), step.vector_width[dtype])
+    step.b.call(fn, [step.at(kern.a), step.at(kern.b), step.at(kern.out),
+                     step.base(kern.pack_a), step.base(kern.pack_b),
+                     step.base(kern.thread_scratch)]
+                + [i64(v) for v in (kern.m, kern.n, kern.k)]
+                + [i64(v) for v in kern.a.strides + kern.b.strides])
+
+
+EMITTERS = {
+    "loop": lambda step, kern: step.call_function(kern, emit_loop_kernel),
+    "random": lambda step, kern: step.call_function(kern, emit_random_kernel),
+    "finite_check": lambda step, kern: step.call_function(kern, emit_finite_check),
+    "gemm": _call_gemm,
+}
+"""kernel kind -> emits the kernel's call in the step (and its function, once per structure)."""
+
+
+def _describe(kern, names):
+    """The comment before a kernel's call: what it is, the nodes and the user's lines."""
+    nodes = ", ".join(names.get(n.id, "?") for n in kern.nodes)
+    lines = sorted({n.source for n in kern.nodes if n.source})
+    text = f"{kern.name}: {kern.kind}" + (f" of {nodes}" if nodes else "")
+    return text + (f" from {'; '.join(lines)}" if lines else "")
+
+
+SEGMENT = 32
+"""Kernel calls per segment function: code generation time grows faster than linearly with
+one function's length, so a long step is cut into segments the step calls in turn."""
+
+
+def _segments(step, step_name, kernels, label, names):
+    """Emit `kernels` into segment functions; returns them in order."""
+    out, caller = [], (step.fn, step.b, step.bufs, step.scalars, step.arena)
+    for start in range(0, len(kernels), SEGMENT):
+        fn = step.open(f"{step_name}.{label}{start // SEGMENT}", ir.VoidType())
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        for kern in kernels[start:start + SEGMENT]:
+            step.b.comment(_describe(kern, names))
+            EMITTERS[kern.kind](step, kern)
+        step.b.ret_void()
+        out.append(fn)
+    step.fn, step.b, step.bufs, step.scalars, step.arena = caller
+    return out
+
+
 def lower(plan, step_name, vector_width):
     """The LLVM module (llvmlite.ir) of a Plan, exporting `step_name`."""
     module = ir.Module(name=step_name)
-    step = ir.Function(module, ir.FunctionType(I32, [PTR, PTR]), name=step_name)
-    step.attributes.add("nounwind")
-    bufs_arg, scalars_arg = step.args
-    bufs_arg.name, scalars_arg.name = "bufs", "scalars"
-    b = ir.IRBuilder(step.append_basic_block("entry"))
-    arena = b.load(gep(b, bufs_arg, 0, PTR), typ=PTR, name="arena")
-    ext = {}
-
-    def base(buf):
-        if buf.kind == "scalars":
-            return scalars_arg
-        if buf.kind == "arena":
-            return b.gep(arena, [i64(buf.offset)], inbounds=True, source_etype=ir.IntType(8))
-        if buf.slot not in ext:
-            ext[buf.slot] = b.load(gep(b, bufs_arg, buf.slot, PTR), typ=PTR,
-                                   name=f"ext{buf.slot}")
-        return ext[buf.slot]
-
-    def at(lay):
-        ty = llvm_type(lay.dtype)
-        return gep(b, base(lay.buffer), lay.offset, ty)
-
-    def call_kernel(kern):
-        if isinstance(kern, GemmKernel):
-            dtype = np.dtype(kern.out.dtype)
-            fn = declare_gemm(module, llvm_type(dtype), vector_width[dtype])
-            b.call(fn, [at(kern.a), at(kern.b), at(kern.out), base(kern.pack_a),
-                        base(kern.pack_b), base(kern.scratch)]
-                   + [i64(v) for v in (kern.m, kern.n, kern.k)]
-                   + [i64(v) for v in kern.a.strides + kern.b.strides])
-        else:
-            fn, buffers = EMITTERS.get(type(kern), emit_loop_kernel)(module, kern)
-            b.call(fn, [base(buf) for buf in buffers])
-
-    for kern in plan.kernels:
-        call_kernel(kern)
+    step = _Step(module, vector_width)
+    step.open(step_name, I32)
+    b = step.b
+    for seg in _segments(step, step_name, plan.kernels, "compute", plan.node_names):
+        b.call(seg, [step.bufs, step.scalars])
     if plan.loss_layout is not None:
         ty = llvm_type(plan.loss_layout.dtype)
-        loss = b.load(at(plan.loss_layout), typ=ty, name="loss")
-        _branch_unless(b, step, b.fcmp_ordered("<", tr.call(b, "fabs", ty, loss),
-                                               ir.Constant(ty, np.inf)), 1, "loss")
+        loss = b.load(step.at(plan.loss_layout), typ=ty, name="loss")
+        _branch_unless(b, step.fn, b.fcmp_ordered("<", tr.call(b, "fabs", ty, loss),
+                                                  ir.Constant(ty, np.inf)), 1, "loss")
     for kern in plan.checks:
-        flag = b.load(at(kern.flag), typ=ir.DoubleType(), name=f"finite{kern.index}")
-        _branch_unless(b, step, b.fcmp_ordered("==", flag, ir.Constant(ir.DoubleType(), 0.0)),
+        flag = b.load(step.at(kern.flag), typ=ir.DoubleType(), name=f"finite{kern.index}")
+        _branch_unless(b, step.fn, b.fcmp_ordered("==", flag,
+                                                  ir.Constant(ir.DoubleType(), 0.0)),
                        2 + kern.index, f"gradient{kern.index}")
-    for kern in plan.update_kernels:
-        call_kernel(kern)
+    for seg in _segments(step, step_name, plan.update_kernels, "update", plan.node_names):
+        b.call(seg, [step.bufs, step.scalars])
     b.ret(I32(0))
     return module
-

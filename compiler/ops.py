@@ -316,6 +316,11 @@ def stop_gradient(x):
     return bind("stop_gradient", (x,), {})
 
 
+RANDOM_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+"""splitmix64's constants: z = key*MIX[0] + counter*MIX[1] + index*MIX[2], then its finaliser
+with MIX[1] and MIX[2] -- the one definition the native kernel and numpy both use."""
+
+
 def random_uniform(counter, shape, key, dtype=np.float32):
     """Uniform numbers in [0, 1) with 24 random bits each, a pure function of (key, counter,
     element index): counter-based, so native code and numpy draw the same bits, and a step

@@ -8,7 +8,9 @@ import numpy as np
 from llvmlite import ir
 
 from . import llvm_backend
-from .lower import lower
+from .fingerprint import source_fingerprint
+from .kernel_table import KernelTable, kernel_rows
+from .lower import CpuBackend, lower
 from .matmul import gemm_library, gemm_name, threads_symbol
 from .passes import optimize
 from .plan import Planner
@@ -18,9 +20,10 @@ VERSION = "0.1.0"
 
 def graph_key(graph, extra=""):
     """sha256 of the graph's canonical listing (constant arrays by value) plus everything the
-    object code depends on: versions, CPU and its features, thread count, `extra`."""
+    object code depends on: versions, graphflux's own source, CPU and its features, thread
+    count, `extra`."""
     h = hashlib.sha256()
-    for part in (str(graph), llvm_backend.host_description(), VERSION,
+    for part in (str(graph), llvm_backend.host_description(), VERSION, source_fingerprint(),
                  f"threads={llvm_backend.num_threads()}", extra):
         h.update(part.encode() + b"\0")
     for n in graph.nodes:
@@ -72,11 +75,14 @@ class Artifact:
     optimized_graph = property(lambda self: self._stage(1))
 
     @property
+    def kernels(self):
+        """The kernels as a table (compiler.kernel_table): print it."""
+        return KernelTable(self.stats.get("kernel_table", []))
+
+    @property
     def asm(self):
         if self._asm is None:
-            import llvmlite.binding as llvm
-            mod = llvm.parse_assembly(self.llvm_ir_optimized)
-            self._asm = llvm_backend.emit_assembly(mod)
+            self._asm = llvm_backend.assembly(self.llvm_ir_optimized)
             if self.on_asm is not None:
                 self.on_asm(self._asm)
         return self._asm
@@ -96,18 +102,23 @@ def compile_graph(graph, grad_graph, seconds, key=None, stages=None):
     seconds["passes"] = time.perf_counter() - t
     t = time.perf_counter()
     widths = llvm_backend.vector_widths()
-    plan = Planner(optimized, widths, llvm_backend.num_threads()).run()
+    plan = Planner(optimized, CpuBackend(widths, llvm_backend.num_threads())).run()
     module = lower(plan, symbol, widths)
     ir_text = stages["llvm_ir"] = str(module)
     seconds["codegen"] = time.perf_counter() - t
     llmod, t_parse, t_opt = llvm_backend.optimize(ir_text)
     seconds["codegen"] += t_parse
     seconds["llvm_opt"] = t_opt
-    opt_text = stages["llvm_ir_optimized"] = str(llmod)
-    t = time.perf_counter()
-    objects = [llvm_backend.emit_object(llmod)] + _libraries(ir_text, widths)
+    try:
+        opt_text = stages["llvm_ir_optimized"] = str(llmod)
+        t = time.perf_counter()
+        objects = [llvm_backend.emit_object(llmod)]
+    finally:
+        llvm_backend.dispose(llmod)
+    objects += _libraries(ir_text, widths)
     seconds["machine_code"] = time.perf_counter() - t
     stats = {
+        "kernel_table": kernel_rows(plan, opt_text, widths),
         "threads": llvm_backend.num_threads(),
         "nodes": {"graph": len(graph), "grad_graph": len(grad_graph),
                   "optimized_graph": len(optimized)},
@@ -149,7 +160,8 @@ def gemm_object(dtype, widths=None):
     widths = widths or llvm_backend.vector_widths()
     ty = dict(_TYPES)[np.dtype(dtype)]
     name = gemm_name(ty, widths[np.dtype(dtype)])
-    return llvm_backend.library_object(name, str(gemm_library(ty, widths[np.dtype(dtype)])))
+    return llvm_backend.library_object(
+        name, lambda: str(gemm_library(ty, widths[np.dtype(dtype)])))
 
 
 def _library_types():

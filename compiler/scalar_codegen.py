@@ -13,12 +13,22 @@ from .errors import CompileError
 FLAGS = ("contract",)
 
 
-def emit_expressions(b, exprs, env, ty):
-    """Emit `exprs` (sympy) with `env` mapping Symbol -> llvm value; returns llvm values."""
+def emit_expressions(b, exprs, env, ty, lets=()):
+    """Emit `exprs` (sympy) with `env` mapping Symbol -> llvm value; returns llvm values.
+    `lets` are (Symbol, expr) bindings emitted first, in order, that later expressions refer
+    to by their symbol (a fused kernel's bounded intermediates: compiler.plan)."""
     import sympy as sp
-    replacements, reduced = sp.cse(exprs, optimizations=None)
-    env = dict(env)
-    memo = {}
+    env, memo = dict(env), {}
+    for k, (name, e) in enumerate(lets):
+        env[name] = _emit_all(b, [e], env, ty, memo, sp, f"t{k}_")[0]
+    return _emit_all(b, exprs, env, ty, memo, sp, "x")
+
+
+def _emit_all(b, exprs, env, ty, memo, sp, prefix):
+    """cse, then emit; the cse symbols get their own prefix, so the memo, shared by every
+    call of one kernel, never confuses two different values of the same name."""
+    replacements, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix),
+                                   optimizations=None)
     for sym, e in replacements:
         env[sym] = _emit(b, e, env, ty, memo, sp)
     return [_emit(b, e, env, ty, memo, sp) for e in reduced]

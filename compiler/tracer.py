@@ -168,7 +168,7 @@ class TraceContext(Context):
         """A Tracer for `x`: parameters by identity, a view of a parameter is an error, other
         arrays are captured inputs, numbers are constants (resolved by the caller)."""
         if isinstance(x, Tracer):
-            if x.ctx is not self and not self.accepts(x):
+            if x.ctx is not self:
                 raise TraceError("a traced value from another trace leaked into this one (was "
                                  "a tracer stored outside the loss?), at " + user_source_line())
             return x
@@ -186,9 +186,6 @@ class TraceContext(Context):
             # pointer (strided, big-endian) on every call, so later changes to it are seen
             self.captured[key] = (x, t.node)
         return self.wrap(self.captured[key][1])
-
-    def accepts(self, tracer):
-        return False
 
     def record(self, op, args, attrs):
         src = self.source_override or user_source_line()

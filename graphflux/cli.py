@@ -94,7 +94,7 @@ def demo(epochs=30, batchsize=32, out=sys.stdout, plot=None):
     return accuracy
 
 
-STAGES = ("graph", "grad", "optimized", "llvm", "llvm-opt", "asm", "stats")
+STAGES = ("graph", "grad", "optimized", "kernels", "llvm", "llvm-opt", "asm", "stats")
 
 
 def _load_script(path):
@@ -127,6 +127,7 @@ def inspect(workload=None, script=None, stage="optimized", dot=None, out=sys.std
     graphs = {"graph": art.graph, "grad": art.grad_graph, "optimized": art.optimized_graph}
     texts = {"llvm": lambda: art.llvm_ir, "llvm-opt": lambda: art.llvm_ir_optimized,
              "asm": lambda: art.asm,
+             "kernels": lambda: str(art.kernels),
              "stats": lambda: json.dumps(art.stats, indent=2, default=str)}
     print(str(graphs[stage]) if stage in graphs else texts[stage](), file=out)
     if dot:

@@ -14,6 +14,7 @@ import numpy as np
 from graphflux.compiler.pipeline import compile_graph, graph_key, prepare_libraries
 from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
+from graphflux.runtime.lru import LRU
 
 from . import bindings
 from .eager_step import EagerStep
@@ -28,7 +29,7 @@ from .tracing import (ParameterError, check_params, optimiser_description, step_
 
 log = logging.getLogger("graphflux")
 
-_ARTIFACTS = {}   # cache key -> Artifact, for the life of the process
+_ARTIFACTS = LRU(32)   # cache key -> Artifact: the most recently used; a step keeps its own
 
 
 def cached_artifact(graph, extra, build, seconds, dtype):
@@ -68,8 +69,8 @@ def artifact_for(traced, ps, opt=None):
     art, how = cached_artifact(traced.graph, optimiser_description(opt), build, traced.seconds,
                                ps[0].dtype if len(ps) else np.float32)
     if how == "compiled":
-        art.stats["unused_params"] = [ps.name(p) for i, p in enumerate(ps)
-                                      if not _updated_or_output(art.binary, i, ps, opt)]
+        used = _updated_or_output(art.binary, ps, opt)
+        art.stats["unused_params"] = [ps.name(p) for i, p in enumerate(ps) if i not in used]
         disk_cache().store(art.stats["key"], art)
     elif art.stats.get("unused_params"):
         warn_names(art.stats["unused_params"])
@@ -90,10 +91,12 @@ def dump_stages(stages, error):
     return folder
 
 
-def _updated_or_output(binary, index, ps, opt):
+def _updated_or_output(binary, ps, opt):
+    """Positions of the parameters the step updates (or outputs a gradient for)."""
     if opt is None:
-        return any(name == f"grad:{ps.name(ps[index])}" for name, _, _ in binary.outputs)
-    return any(ref[0] == "scalar" and ref[1] == index for ref in binary.scalar_refs)
+        names = {name for name, _, _ in binary.outputs}
+        return {i for i, p in enumerate(ps) if f"grad:{ps.name(p)}" in names}
+    return {ref[1] for ref in binary.scalar_refs if ref[0] == "scalar"}
 
 
 def input_array(ref, ps, opt, batch, captured):
@@ -137,8 +140,9 @@ class _Entry:
             if not self.scalar_plan or self.scalar_plan[-1][0] is not ps[index]:
                 self.scalar_plan.append((ps[index], []))
             self.scalar_plan[-1][1].append(name)
-        for p, _ in self.scalar_plan:
-            opt.slot(p)          # per-parameter host state exists before the first run
+        # per-parameter host state, created now; replacing it (gf.load) moves the bindings
+        # generation, which rebuilds this entry, so the records stay the ones in use
+        self.records = [opt.slot(p) for p, _ in self.scalar_plan]
         for p in ps:
             for slot in ps.slots[id(p)]:
                 self.slot_checks.append((slot, get_slot(slot)))
@@ -253,8 +257,7 @@ class CompiledStep:
         values = []
         if opt is not None:
             opt.check_hyperparameters()
-            states = opt._state
-            records = [states[id(p)] for p, _ in entry.scalar_plan]
+            records = entry.records
             opt.prepare(records)
             cache = {}
             for rec, (_, names) in zip(records, entry.scalar_plan):

@@ -7,6 +7,7 @@ import threading
 import numpy as np
 
 from graphflux.runtime.executable import Executable
+from graphflux.runtime.lru import LRU
 
 from .compiled import artifact_for, bound_array, input_array
 from .eager_step import eager_value_and_grads
@@ -18,7 +19,7 @@ from .signature import native_dense
 from .training import _is_model
 from .tracing import check_params, trace_loss
 
-_EXECUTABLES = {}    # artifact symbol -> (Executable, lock): calls on one take turns
+_EXECUTABLES = LRU(8)    # artifact symbol -> (Executable, lock): calls on one take turns
 
 
 def _compiled_value_and_grads(f, ps, args=()):

@@ -131,8 +131,8 @@ def save(path, model, opt=None):
         ps = params(model)
         host = {}
         for p in ps:
-            entry = opt._state.get(id(p))
-            if entry is None or entry.x is not p:
+            entry = opt.state_of(p)
+            if entry is None:
                 continue
             name = ps.name(p)
             for k, a in entry.arrays.items():
@@ -208,13 +208,7 @@ def _optimiser_restore(model, opt, data, meta, path):
     def install():
         for k, v in meta["hyper"].items():
             setattr(opt, k, _tuples(v))
-        opt._state.clear()
-        for p, arrays, host in plan:
-            entry = opt.slot(p)
-            for k, a in arrays.items():
-                np.copyto(entry.arrays[k], a)
-            entry.host = host
-        opt._restored_from = (path, {id(p): ps.name(p) for p in ps if id(p) not in restored})
+        opt.restore(plan, (path, {id(p): ps.name(p) for p in ps if id(p) not in restored}))
     return install
 
 

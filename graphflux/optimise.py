@@ -116,6 +116,28 @@ class Rule:
                      "created or restored")
         return entry
 
+    def state_of(self, x):
+        """The ParamState of array `x` if it has one (by identity), else None."""
+        entry = self._state.get(id(x))
+        return entry if entry is not None and entry.x is x else None
+
+    def states(self):
+        """Every parameter's state, in creation order."""
+        return list(self._state.values())
+
+    def restore(self, entries, restored_from):
+        """Replace all per-parameter state by `entries`, (x, {name: array}, host) each (the
+        arrays copied into fresh state), as gf.load does; parameters not among them then
+        refuse to start from fresh state (`restored_from`: (path, {id: name}))."""
+        self._state.clear()
+        self._restored_from = None
+        for x, arrays, host in entries:
+            entry = self.slot(x)
+            for k, a in arrays.items():
+                np.copyto(entry.arrays[k], a)
+            entry.host = host
+        self._restored_from = restored_from
+
     def allow_fresh_state(self):
         """After gf.load, let parameters without restored state start from fresh state."""
         self._restored_from = None

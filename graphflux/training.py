@@ -5,6 +5,7 @@ import logging
 import sys
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -73,6 +74,12 @@ def _callbacks(cb):
 
 
 STEPS_PER_OPTIMISER = 8
+_STEPS = weakref.WeakKeyDictionary()    # optimiser -> its steps, most recently used last
+
+
+def cached_steps(opt):
+    """How many steps `gf.train` keeps for this optimiser."""
+    return len(_STEPS.get(opt, ()))
 
 
 def _loss_key(loss):
@@ -101,7 +108,9 @@ def _step_for(loss, ps, opt, mode, model=None):
     epoch traces once and the last partial batch compiles once. The optimiser keeps the
     STEPS_PER_OPTIMISER most recently used steps. With `model` (explicit style) the loss is
     called as loss(model, *batch)."""
-    cache = opt.__dict__.setdefault("_steps", OrderedDict())
+    cache = _STEPS.get(opt)
+    if cache is None:
+        cache = _STEPS[opt] = OrderedDict()
     key = (_loss_key(loss), tuple(map(id, ps)), mode, id(model))
     entry = cache.get(key)
     if entry is None:

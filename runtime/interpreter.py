@@ -7,21 +7,29 @@ from graphflux.compiler.graph import toposort
 from .numpy_impls import IMPLS
 
 
-def evaluate(graph, bindings):
-    """Run `graph`. `bindings` maps input/scalar node id -> array or float.
-    Returns ({output name: array}, {update target id: array})."""
+def _run(graph, bindings, stop=None):
+    """Evaluate every node the roots reach, in order; `stop(node, value)` may end the walk
+    early by returning True (then returns that node)."""
     values = dict(bindings)
     for node in toposort(graph.roots()):
         if node.id in values:
             continue
         if node.op == "const":
             values[node.id] = node.value
-        elif node.op in ("input", "scalar"):
+            continue
+        if node.op in ("input", "scalar"):
             raise KeyError(f"no binding for graph input {node.attrs.get('name')}")
-        else:
-            args = [values[i.id] for i in node.inputs]
-            out = IMPLS[node.op](*args, **node.attrs)
-            values[node.id] = np.asarray(out, dtype=node.dtype)
+        args = [values[i.id] for i in node.inputs]
+        values[node.id] = np.asarray(IMPLS[node.op](*args, **node.attrs), dtype=node.dtype)
+        if stop is not None and stop(node, values[node.id]):
+            return values, node
+    return values, None
+
+
+def evaluate(graph, bindings):
+    """Run `graph`. `bindings` maps input/scalar node id -> array or float.
+    Returns ({output name: array}, {update target id: array})."""
+    values, _ = _run(graph, bindings)
     outputs = {k: values[n.id] for k, n in graph.outputs}
     updates = {t.id: values[v.id] for t, v in graph.updates}
     return outputs, updates
@@ -30,16 +38,7 @@ def evaluate(graph, bindings):
 def first_nonfinite(graph, bindings):
     """The first node, in execution order, whose value has a NaN or an infinity (None if
     none does): what NonFiniteLoss points the user at."""
-    values = dict(bindings)
     with np.errstate(all="ignore"):
-        for node in toposort(graph.roots()):
-            if node.id not in values:
-                if node.op == "const":
-                    values[node.id] = node.value
-                    continue
-                args = [values[i.id] for i in node.inputs]
-                values[node.id] = np.asarray(IMPLS[node.op](*args, **node.attrs),
-                                             dtype=node.dtype)
-                if node.dtype.kind == "f" and not np.all(np.isfinite(values[node.id])):
-                    return node
-    return None
+        _, node = _run(graph, bindings, lambda n, v: n.dtype.kind == "f" and
+                       not np.all(np.isfinite(v)))
+    return node

@@ -104,14 +104,11 @@ def broadcast(x, shape):
     return out
 
 
-_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
-
-
 def random(counter, shape, key, dtype):
     """The counter-based generator of ops.random_uniform (splitmix64's finaliser over key,
     counter and element index), bit for bit as the native kernel computes it."""
     n = int(np.prod(shape, dtype=np.int64))
-    c1, c2, c3 = (np.uint64(m) for m in _MIX)
+    c1, c2, c3 = (np.uint64(m) for m in ops.RANDOM_MIX)
     with np.errstate(over="ignore"):
         i = np.arange(n, dtype=np.uint64)
         z = np.uint64(key % 2 ** 64) * c1 + np.uint64(int(np.asarray(counter)) % 2 ** 64) * c2 \
