@@ -198,13 +198,12 @@ def _false_at_nan(cond, x):
 
 
 def _carries_nan(e, x):
-    """Whether `e` is NaN wherever x is NaN, by arithmetic (both printers compute exp, log,
-    tanh, Abs, sign, Max and Min so)."""
-    sp = _sp()
+    """Whether `e` is NaN wherever x is NaN, by arithmetic (both printers compute every
+    function that compiler.scalar_functions marks `keeps_nan` so)."""
+    from .scalar_functions import keeps_nan
     if e == x:
         return True
-    if e.is_Add or e.is_Mul or isinstance(e, (sp.exp, sp.log, sp.tanh, sp.Abs, sp.sign, sp.Max,
-                                              sp.Min)):
+    if keeps_nan(e):
         return any(_carries_nan(a, x) for a in e.args)
     if e.is_Pow:        # NaN ** 0 is 1
         return e.exp.is_number and e.exp != 0 and _carries_nan(e.base, x)

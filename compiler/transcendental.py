@@ -1,4 +1,4 @@
-"""exp, expm1, log and tanh as straight-line polynomial code, so loops that use them vectorise
+"""The transcendentals as straight-line polynomial code, so loops that use them vectorise
 (LLVM has no vector libm here: `llvm.exp` in a loop becomes one scalar libm call per lane).
 
 exp: x = k ln2 + r with |r| <= ln2/2 (ln2 split in two parts for exactness), e^r - 1 by its Taylor
@@ -12,12 +12,12 @@ sin, cos, tan, atan, asinh, erf and erfc are written once, over `Arith` (the ope
 need), so erf's numpy spelling (compiler.scalar_functions) is the same algorithm:
 sin/cos/tan: k = rint(x 2/pi), r = x - k pi/2 by three fused multiply-adds with pi/2 in three
 parts (Cody-Waite; the first step is exact), then Taylor polynomials of sin r and cos r on
-|r| <= pi/4 and the quadrant k mod 4 picks and signs them (tan = sin/cos or -cos/sin). Accurate
-(a few ulp) for |x| < 2^16; up to TRIG_LIMIT the reduction still leaves |r| < 1.2, where the
-polynomials hold, but |x| ulp(2/pi) rounding of k makes r carry the input's own rounding; at and
-beyond TRIG_LIMIT (2^23 in float32, 2^52 in float64: every float there is an integer, and the
-product x 2/pi no longer tells the quadrant) and for +-inf the result is NaN -- loudly wrong
-rather than a silently meaningless number.
+|r| <= pi/4 and the quadrant k mod 4 picks and signs them (tan = sin/cos or -cos/sin). Within
+a few ulp for |x| < 2^16 (tested); from there to TRIG_LIMIT the reduction stays exact enough for
+an absolute error near an ulp of 1 (measured 1.1e-7 in float32, 1.5e-16 in float64; relative
+error near the zeros grows); beyond TRIG_LIMIT (2^23 in float32, 2^52 in float64: every float
+there is an integer, and rint(x 2/pi) no longer tells the quadrant) and at +-inf the result is
+NaN -- loudly wrong (the non-finite loss check sees it) rather than a meaningless number.
 atan: Cephes' reduction to |t| <= 0.66 (t = -1/|x| above tan(3pi/8), (|x|-1)/(|x|+1) above 0.66)
 and its rational function x + x^3 P(x^2)/Q(x^2); sign copied back.
 asinh: fdlibm's three forms -- log1p(|x| + x^2/(1 + sqrt(1 + x^2))) below 2 (log1p(u) as
@@ -202,7 +202,7 @@ class Arith:
         return self.b.select(m, self._v(a), self._v(b))
 
     def neg(self, a):
-        return self.b.fmul(a, self.c(-1.0))
+        return self.b.fneg(a)
 
     def clamp(self, x, lo, hi):
         """x limited to [lo, hi], NaN staying NaN (llvm.maximum/minimum)."""
@@ -249,7 +249,7 @@ def _reduce_half_pi(m, x):
 def _sin_cos_poly(m, r):
     z = m.let(m.mul(r, r))
     ns, nc = _TERMS[m.bits]
-    s = m.fma(m.mul(r, z), m.poly(z, _SIN[:ns]), r)
+    s = m.copysign(m.fma(m.mul(r, z), m.poly(z, _SIN[:ns]), r), r)    # sin(-0) = -0
     c = m.fma(z, m.poly(z, _COS[:nc]), 1.0)
     return m.let(s), m.let(c)
 
