@@ -121,20 +121,10 @@ class _Entry:
         self.art = art
         self.captured = traced.captured
         self.ex = ex = Executable(art.binary)
-        self.data_slots = []
         self.slot_checks = []
-        self.copies = []        # (native buffer, the captured array it mirrors)
         ps, opt = step.ps, step.opt
-        targets = {t.attrs["ref"] for t, _ in traced.graph.updates}
-        self.keep = []
-        for ref, slot in ex.input_slot.items():
-            if ref[0] == "data":
-                self.data_slots.append((slot, ref[1]))
-                continue
-            arr = bound_array(input_array(ref, ps, opt, None, traced.captured), ref in targets,
-                              self.copies)
-            self.keep.append(arr)
-            ex.native.pointers[slot] = arr.ctypes.data
+        self.data_slots, self.copies, self.keep = bind_inputs(
+            ex, lambda ref: input_array(ref, ps, opt, None, traced.captured), traced.graph)
         self.scalar_plan = []    # (param, [scalar names]) in the order of the scalars vector
         for _, index, name in art.binary.scalar_refs:
             if not self.scalar_plan or self.scalar_plan[-1][0] is not ps[index]:
@@ -147,16 +137,32 @@ class _Entry:
             for slot in ps.slots[id(p)]:
                 self.slot_checks.append((slot, get_slot(slot)))
         self.outputs = {}
-        for name, slot, shape, dtype in ex.outputs:
-            arr = np.empty(shape, dtype)
-            self.outputs[name] = arr
-            ex.native.pointers[slot] = arr.ctypes.data
+        for name, _, shape, dtype in ex.outputs:
+            self.outputs[name] = np.empty(shape, dtype)
+            ex.bind_output(name, self.outputs[name])
 
     def slots_changed(self):
         for slot, p in self.slot_checks:
             if get_slot(slot) is not p:
                 return slot
         return None
+
+
+def bind_inputs(ex, resolve, graph, with_data=False):
+    """Bind the inputs of Executable `ex` to `resolve(ref)` -- the one place steps, jit
+    functions and gradients do it. Data inputs are left to the caller's per-call fast path
+    unless `with_data`. Returns (data slots as (slot, argument index), copies to refresh before
+    each call, arrays to keep alive)."""
+    written = {t.attrs["ref"] for t, _ in graph.updates}
+    data_slots, copies, keep = [], [], []
+    for ref in ex.input_slot:
+        if ref[0] == "data" and not with_data:
+            data_slots.append((ex.data_slot(ref), ref[1]))
+            continue
+        arr = bound_array(resolve(ref), ref in written, copies)
+        keep.append(arr)
+        ex.bind(ref, arr)
+    return data_slots, copies, keep
 
 
 def bound_array(arr, written, copies):

@@ -9,7 +9,7 @@ import numpy as np
 from graphflux.runtime.executable import Executable
 from graphflux.runtime.lru import LRU
 
-from .compiled import artifact_for, bound_array, input_array
+from .compiled import artifact_for, bind_inputs, input_array
 from .eager_step import eager_value_and_grads
 from .eager_update import update_eager
 from .modelstate import state
@@ -31,12 +31,9 @@ def _compiled_value_and_grads(f, ps, args=()):
     if entry is None:
         entry = _EXECUTABLES.setdefault(art.symbol, (Executable(art.binary), threading.Lock()))
     ex, lock = entry
-    written = {t.attrs["ref"] for t, _ in traced.graph.updates}
-    copies = []       # made now, from the arrays as they are now: the closure is traced per call
-    with lock:
-        for ref in ex.input_slot:
-            ex.bind(ref, bound_array(input_array(ref, ps, None, args, traced.captured),
-                                     ref in written, copies))
+    with lock:    # copies are made now, from the arrays as they are: traced on every call
+        bind_inputs(ex, lambda ref: input_array(ref, ps, None, args, traced.captured),
+                    traced.graph, with_data=True)
         _, outs = ex.run()
     grads = [outs.get(f"grad:{ps.name(p)}") for p in ps]
     return float(outs["loss"]), grads

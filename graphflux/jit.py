@@ -17,7 +17,7 @@ from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
 
 from . import bindings
-from .compiled import bound_array, cached_artifact
+from .compiled import bind_inputs, cached_artifact
 from .params import get_slot, params
 from .signature import describe_change, native_dense, signature
 from .tracing import TRACE_LOCK
@@ -28,19 +28,12 @@ log = logging.getLogger("graphflux")
 class _JitEntry:
     """One artifact bound to the arrays its trace captured."""
 
-    def __init__(self, art, ctx, single):
+    def __init__(self, art, ctx, graph, single):
         self.art, self.single = art, single
         self.ex = Executable(art.binary)
         captured = [arr for arr, _ in ctx.captured.values()]
-        written = {t.attrs["ref"] for t, _ in ctx.updates}
-        self.copies, self.keep, self.data = [], [], []
-        for ref in self.ex.input_slot:
-            if ref[0] == "data":
-                self.data.append((ref, ref[1]))
-            else:
-                arr = bound_array(captured[ref[1]], ref in written, self.copies)
-                self.keep.append(arr)
-                self.ex.bind(ref, arr)
+        self.data, self.copies, self.keep = bind_inputs(
+            self.ex, lambda ref: captured[ref[1]], graph)
 
 
 class Jitted:
@@ -96,7 +89,7 @@ class Jitted:
         art, how = cached_artifact(graph, "jit", lambda: graph, seconds, outs[0].dtype)
         if how == "compiled":
             disk_cache().store(art.stats["key"], art)
-        entry = _JitEntry(art, ctx, single)
+        entry = _JitEntry(art, ctx, graph, single)
         self._last, self._why = sig, None
         self._generation = bindings.GENERATION[0]
         log.info("%s jit function in %.3f s: %s", how, time.perf_counter() - t, reason)
@@ -106,8 +99,8 @@ class Jitted:
         with self._lock:
             entry, args = self._entry(self._prepare(args))
             ex = entry.ex
-            for ref, i in entry.data:
-                ex.bind(ref, args[i])
+            for _, i in entry.data:
+                ex.bind(("data", i), args[i])
             for buf, arr in entry.copies:
                 np.copyto(buf, arr)
             _, outs = ex.run()

@@ -33,6 +33,15 @@ class Executable:
         self.native.pointers[self.input_slot[ref]] = array.ctypes.data
         self._bound.add(ref)
 
+    def bind_output(self, name, array):
+        """Have the step write output `name` into `array` (kept alive by the caller)."""
+        self.native.pointers[self.output_slot[name]] = array.ctypes.data
+
+    def data_slot(self, ref):
+        """The pointer-table slot of input `ref`: the per-call fast path writes a batch's
+        pointer there directly (`native.pointers[slot] = address`)."""
+        return self.input_slot[ref]
+
     def run(self, scalars=()):
         """Run once with fresh output arrays; returns (status, {name: array})."""
         if len(self._bound) != len(self.input_slot):
