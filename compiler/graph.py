@@ -2,6 +2,7 @@
 in-place updates. Every stage of the compiler (traced, differentiated, optimised) is a Graph, so
 one printer serves them all."""
 import itertools
+import math
 
 import numpy as np
 
@@ -28,7 +29,7 @@ class Node:
 
     @property
     def size(self):
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     def key(self):
         """Structural identity used by CSE: same op, attrs and inputs compute the same value."""

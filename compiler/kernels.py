@@ -9,6 +9,7 @@ telling kernels apart by isinstance chains. Each kind names its emitter in
 Memory: every value lives in a `Layout` -- a `Buffer` (a caller's array, a region of the arena,
 or the host-scalar vector), an element offset and strides -- so movement ops (transpose,
 broadcast, slice, contiguous reshape) cost no kernel."""
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,8 +42,7 @@ class Layout:
 
     def elements(self):
         """Distinct elements touched (broadcast axes, stride 0, count once)."""
-        return int(np.prod([n for n, st in zip(self.shape, self.strides) if st != 0],
-                           dtype=np.int64))
+        return math.prod(n for n, st in zip(self.shape, self.strides) if st != 0)
 
     def nbytes(self):
         return self.elements() * np.dtype(self.dtype).itemsize

@@ -4,6 +4,7 @@ the op functions, are installed by `array_methods`.)
 
 Contexts form a stack: the symbolic `TraceContext` here builds graph nodes; the runtime's eager
 context computes numbers and keeps a tape. Both find parameters by identity (`lift`)."""
+import math
 import numbers
 
 import numpy as np
@@ -83,7 +84,7 @@ class Tracer:
 
     @property
     def size(self):
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     def __len__(self):
         return self.shape[0]
