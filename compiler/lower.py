@@ -90,6 +90,17 @@ def _kernel_function(module, name, n_buffers):
     return fn
 
 
+def loop_nest(b, shape, body):
+    """Nested counted loops over `shape`, calling `body(indices)` innermost."""
+    def nest(depth, indices):
+        if depth == len(shape):
+            body(indices)
+            return
+        for_range(b, 0, shape[depth], lambda i: nest(depth + 1, indices + [i]),
+                  name=f"d{depth}")
+    nest(0, [])
+
+
 def emit_loop_kernel(module, kern, name):
     ty = llvm_type(kern.dtype)
     buffers = kern.buffers()
@@ -133,13 +144,7 @@ def emit_loop_kernel(module, kern, name):
                 v = tr.call(b, "maximum", ty, b.load(p, typ=ty), v)
             b.store(v, p)
 
-    def nest(depth, indices):
-        if depth == len(shape):
-            body(indices)
-            return
-        for_range(b, 0, shape[depth], lambda i: nest(depth + 1, indices + [i]),
-                  name=f"d{depth}")
-    nest(0, [])
+    loop_nest(b, shape, body)
     b.ret_void()
     return fn
 
@@ -197,14 +202,8 @@ def emit_finite_check(module, kern, name):
         x = b.load(gep(b, arg[id(src.buffer)], off, ty), typ=ty)
         b.store(b.fadd(b.load(acc, typ=ty), b.fsub(x, x), flags=REDUCE_FLAGS), acc)
 
-    def nest(depth, indices):
-        if depth == len(shape):
-            body(indices)
-            return
-        for_range(b, 0, shape[depth], lambda i: nest(depth + 1, indices + [i]),
-                  name=f"d{depth}")
     if int(np.prod(src.shape, dtype=np.int64)):
-        nest(0, [])
+        loop_nest(b, shape, body)
     total = b.load(acc, typ=ty)
     if not isinstance(ty, ir.DoubleType):
         total = b.fpext(total, ir.DoubleType())

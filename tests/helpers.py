@@ -1,6 +1,7 @@
 """Shared test helpers: compile a dict of traced outputs natively and run the same graph in the
 reference interpreter, so one compile checks many ops."""
 import numpy as np
+import pytest
 
 from graphflux.compiler.autodiff import differentiate
 from graphflux.compiler.graph import Graph
@@ -50,3 +51,17 @@ def run_both(graph, nodes, inputs, captured):
 def tolerance(dtype):
     return dict(rtol=2e-5, atol=2e-6) if np.dtype(dtype) == np.float32 else \
         dict(rtol=1e-12, atol=1e-13)
+
+
+def host_vector_bits():
+    """The widest SIMD registers this CPU has, read from /proc/cpuinfo -- independently of
+    graphflux and LLVM, so a test of vectorised code cannot agree with itself by mistake."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    if not flags:
+        pytest.skip("no CPU flags in /proc/cpuinfo to read the vector width from")
+    return 512 if "avx512f" in flags else 256 if "avx" in flags else 128

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import graphflux as gf
+from helpers import host_vector_bits
 
 PHASES = ("trace", "ad", "passes", "codegen", "llvm_opt", "machine_code")
 
@@ -68,19 +69,6 @@ def test_stages_are_graphs_with_readable_listings(artifact):
     assert "(vjp)" in str(art.grad_graph)
     assert re.search(r"\[kernel \d+\]", str(art.optimized_graph))
     assert "subgraph cluster_" in art.optimized_graph.to_dot()
-
-
-def host_vector_bits():
-    """The widest SIMD registers of this CPU, from /proc/cpuinfo (not from graphflux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f
-                          if line.startswith("flags")), [])
-    except OSError:
-        flags = []
-    if not flags:
-        pytest.skip("no CPU flags in /proc/cpuinfo")
-    return 512 if "avx512f" in flags else 256 if "avx" in flags else 128
 
 
 def test_llvm_text_and_assembly(artifact):

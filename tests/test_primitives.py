@@ -10,7 +10,7 @@ from graphflux.compiler import ops
 from graphflux.compiler.autodiff import VJP_RULES
 from graphflux.compiler.plan import VIEW_OPS
 from graphflux.runtime.numpy_impls import IMPLS
-from helpers import run_both, tolerance, trace_outputs
+from helpers import host_vector_bits, run_both, tolerance, trace_outputs
 
 UNARY = ["neg", "exp", "log", "tanh", "sigmoid", "relu", "sqrt", "square", "abs", "identity",
          "xlogx", "softplus", "selu", "gelu", "swish", "hardsigmoid", "relu6", "softsign", "mish"]
@@ -104,19 +104,6 @@ def test_the_numpy_reference_is_numpy(compiled):
     np.testing.assert_allclose(reference["mm_ta"], i["m2"].T @ i["m1"].T, **tol)
     np.testing.assert_allclose(reference["slice"], i["c"][1:3, ::2, 4], **tol)
     np.testing.assert_array_equal(reference["u_relu"], np.maximum(c3, 0))
-
-
-def host_vector_bits():
-    """The widest SIMD registers this CPU has, read independently of graphflux and LLVM."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f
-                          if line.startswith("flags")), [])
-    except OSError:
-        pytest.skip("no /proc/cpuinfo to read the CPU's vector width from")
-    if not flags:
-        pytest.skip("no CPU flags in /proc/cpuinfo")
-    return 512 if "avx512f" in flags else 256 if "avx" in flags else 128
 
 
 PACKED_ARITHMETIC = r"v?(?:add|sub|mul|div|max|min|f[n]?m(?:add|sub)\d{3})"
