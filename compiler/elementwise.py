@@ -30,21 +30,6 @@ class ElementwiseFn:
         """The expression, each Piecewise in it made a Select (NaN in, NaN out)."""
         return _nan_selects(self.build(*self.symbols))
 
-    def tree_size(self):
-        """Nodes in the expression tree (for bounding fused expressions: compiler.plan)."""
-        if "_tree_size" not in self.__dict__:
-            import sympy as sp
-            self._tree_size = sum(1 for _ in sp.preorder_traversal(self.expr))
-        return self._tree_size
-
-    def symbol_uses(self):
-        """How many times each argument symbol occurs in the expression tree."""
-        if "_symbol_uses" not in self.__dict__:
-            import sympy as sp
-            nodes = list(sp.preorder_traversal(self.expr))
-            self._symbol_uses = [sum(1 for n in nodes if n == s) for s in self.symbols]
-        return self._symbol_uses
-
     def derivative(self, i):
         """The ElementwiseFn of d(self)/d(x_i), taking (x_0 .. x_{n-1}, y) so that it may use
         the forward output y."""

@@ -27,7 +27,7 @@ def move_updates_in_place(kernels, updates, layout_of):
             same = Layout(dst.buffer, dst.offset, broadcast_strides(dst, k.shape), k.shape,
                           dst.dtype)
             ok &= dst.is_contiguous() and dst.shape == k.shape and dst.dtype == n.dtype
-            ok &= all(lay == same for lay, _ in k.inputs if lay.buffer is dst.buffer)
+            ok &= all(lay == same for lay in k.inputs if lay.buffer is dst.buffer)
             ok &= not any(other is not k for other in read.get(id(dst.buffer), [])
                           if other in moved)
             plan.append((n, same))

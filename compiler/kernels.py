@@ -128,21 +128,22 @@ class Kernel:
 
 @dataclass(eq=False)
 class LoopKernel(Kernel):
-    """One loop nest over `shape`. `inputs`: (Layout, sympy Symbol) read with strides over the
-    iteration space; `outputs`: (Layout, sympy expr, mode) with mode store/sum/max; reduction
-    outputs have zero strides on the reduced axes and are initialised before the loop; `lets`
-    name intermediate values the expressions share instead of repeating them."""
+    """One loop nest over `shape`. `inputs`: Layouts read with strides over the iteration
+    space; `calls`: (elementwise function name, argument values) evaluated in order per
+    element; `outputs`: (Layout, value, mode) with mode store/sum/max. A value is ("in", k),
+    ("op", j) -- the result of call j -- or ("num", x). Reduction outputs have zero strides on
+    the reduced axes and are initialised before the loop."""
     name: str
     shape: tuple
     dtype: np.dtype
     inputs: list
+    calls: list
     outputs: list
     nodes: list = field(default_factory=list)
-    lets: list = field(default_factory=list)   # (Symbol, expr) computed first, in order
     kind = "loop"
 
     def reads(self):
-        return [lay for lay, _ in self.inputs]
+        return list(self.inputs)
 
     def writes(self):
         return [lay for lay, _, _ in self.outputs]
@@ -154,9 +155,8 @@ class LoopKernel(Kernel):
     def structure(self):
         bufs = self.buffers()
         return (self.kind, self.shape, np.dtype(self.dtype).str,
-                tuple((self._where(lay, bufs), s) for lay, s in self.inputs),
-                tuple((self._where(lay, bufs), e, mode) for lay, e, mode in self.outputs),
-                tuple(self.lets))
+                tuple(self._where(lay, bufs) for lay in self.inputs), tuple(self.calls),
+                tuple((self._where(lay, bufs), v, mode) for lay, v, mode in self.outputs))
 
 
 @dataclass(eq=False)

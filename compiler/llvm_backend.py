@@ -68,15 +68,17 @@ def vector_widths():
     return {np.dtype(np.float32): bits // 32, np.dtype(np.float64): bits // 64}
 
 
-def optimize(ir_text, unroll=False):
+def optimize(ir_text, unroll=False, link=()):
     """Parse, verify and optimise at O3 with loop and SLP vectorisation. Step modules are built
     without loop unrolling (measured: it doubled their compile time for no gain); the shared
     GEMM library, compiled once per process, is unrolled (measured: 1.5x faster products).
-    Returns (llvm module in a context of its own, seconds parsing, seconds optimising); the
-    caller frees it with `dispose` once it has what it needs (text, object code)."""
+    `link`: IR texts of modules linked in first (the scalar functions the step's loops call,
+    so they inline). Returns (llvm module in a context of its own, seconds parsing, seconds
+    optimising); the caller frees it with `dispose` once it has what it needs (text, object
+    code)."""
     tm = target_machine()
     t0 = time.perf_counter()
-    mod = parse(ir_text)
+    mod = parse(ir_text, link)
     t1 = time.perf_counter()
     pto = llvm.create_pipeline_tuning_options(speed_level=3)
     pto.loop_vectorization = True
@@ -96,11 +98,15 @@ def optimize(ir_text, unroll=False):
     return mod, t1 - t0, time.perf_counter() - t1
 
 
-def parse(ir_text):
-    """`ir_text` parsed and verified into a fresh LLVM context, set up for the host target."""
+def parse(ir_text, link=()):
+    """`ir_text` parsed, with the modules of `link` linked in, and verified, in a fresh LLVM
+    context, set up for the host target."""
     tm = target_machine()
-    mod = llvm.parse_assembly(ir_text, context=llvm.create_context())
+    context = llvm.create_context()
+    mod = llvm.parse_assembly(ir_text, context=context)
     try:
+        for text in link:
+            mod.link_in(llvm.parse_assembly(text, context=context))
         mod.verify()
     except BaseException:
         dispose(mod)

@@ -1,73 +1,58 @@
-"""Loop kernels: a fused group of elementwise nodes and reductions becomes one loop nest whose
-body is their composed scalar expressions (sympy), and a copy is the simplest such loop."""
-from . import elementwise as ew
+"""Loop kernels: a fused group of elementwise nodes and reductions becomes one loop nest, whose
+body calls each node's scalar function (compiler.scalar_library) on the values of its inputs;
+a copy is the simplest such loop. Nothing is composed symbolically, so building a kernel is
+linear in its nodes however long a chain of `where`/`abs`/`max` gets."""
 from .fusion import REDUCTIONS
 from .kernels import Layout, LoopKernel, broadcast_strides
-
-LET_SIZE = 40
-"""A fused node's expression is substituted into its readers while its tree has at most this
-many nodes; a larger one becomes a named intermediate (`LoopKernel.lets`). Substitution copies
-the tree once per use, so chains of `where`/`abs`/`max` (each using its input two or three
-times) would otherwise grow exponentially, and sympy's work with them."""
 
 
 def copy_kernel(src, dst, name):
     """dst[...] = src[...], `src` broadcast over `dst`'s shape."""
-    import sympy as sp
-    s = sp.Symbol("in0", real=True)
     return LoopKernel(name, dst.shape, dst.dtype,
-                      [(Layout(src.buffer, src.offset, broadcast_strides(src, dst.shape),
-                               dst.shape, src.dtype), s)],
-                      [(dst, s, "store")])
+                      [Layout(src.buffer, src.offset, broadcast_strides(src, dst.shape),
+                              dst.shape, src.dtype)],
+                      [], [(dst, ("in", 0), "store")])
 
 
 def fused_kernel(nodes, name, layout_of, materialise, used_outside):
     """One loop over a fusion group. `layout_of(node)` is where a value computed outside the
     group lives; `materialise(node)` gives a node computed here a dense buffer of its own (for
-    reductions and for values `used_outside(node)` the group)."""
-    import sympy as sp
+    reductions and for values `used_outside(node)` the group). Values are referred to as
+    ("in", k) -- the k-th input --, ("op", j) -- the j-th call -- or ("num", x)."""
     ids = {n.id for n in nodes}
     reductions = [n for n in nodes if n.op in REDUCTIONS]
     shape = reductions[0].inputs[0].shape if reductions else nodes[0].shape
     dtype = nodes[0].dtype if not reductions else reductions[0].dtype
-    inputs, symbol_of, exprs, sizes, lets = [], {}, {}, {}, []
+    inputs, input_of, calls, value_of, outputs = [], {}, [], {}, []
 
     def operand(i):
         if i.id in ids:
-            if sizes[i.id] > LET_SIZE:      # bound what is composed: name it instead
-                sym = sp.Symbol(f"t{len(lets)}", real=True)
-                lets.append((sym, exprs[i.id]))
-                exprs[i.id], sizes[i.id] = sym, 1
-            return exprs[i.id]
+            return value_of[i.id]
         if i.op == "const" and i.size == 1:
-            return sp.Float(float(i.value.reshape(())), 17)
-        if i.id not in symbol_of:
-            sym = sp.Symbol(f"in{len(inputs)}", real=True)
+            return ("num", float(i.value.reshape(())))
+        if i.id not in input_of:
             lay = layout_of(i)
-            inputs.append((Layout(lay.buffer, lay.offset, broadcast_strides(lay, shape),
-                                  shape, lay.dtype), sym))
-            symbol_of[i.id] = sym
-        return symbol_of[i.id]
+            inputs.append(Layout(lay.buffer, lay.offset, broadcast_strides(lay, shape),
+                                 shape, lay.dtype))
+            input_of[i.id] = ("in", len(inputs) - 1)
+        return input_of[i.id]
 
-    outputs = []
     for n in nodes:
-        args = [operand(i) for i in n.inputs]
-        arg_sizes = [sizes.get(i.id, 1) for i in n.inputs]
+        args = tuple(operand(i) for i in n.inputs)
         if n.op == "cast" or n.op in REDUCTIONS:
-            e, sizes[n.id] = args[0], arg_sizes[0]
+            value = args[0]
         else:
-            fn = ew.get(n.attrs["fn"])
-            e = fn.expr.xreplace(dict(zip(fn.symbols, args)))
-            sizes[n.id] = expression_size(fn, arg_sizes)
-        exprs[n.id] = e
+            calls.append((n.attrs["fn"], args))
+            value = ("op", len(calls) - 1)
+        value_of[n.id] = value
         if n.op in REDUCTIONS:
-            outputs.append(_reduction_output(n, e, materialise(n), shape))
+            outputs.append(_reduction_output(n, value, materialise(n), shape))
         elif used_outside(n):
-            outputs.append((materialise(n), e, "store"))
-    return LoopKernel(name, shape, dtype, inputs, outputs, nodes, lets)
+            outputs.append((materialise(n), value, "store"))
+    return LoopKernel(name, shape, dtype, inputs, calls, outputs, nodes)
 
 
-def _reduction_output(n, e, lay, shape):
+def _reduction_output(n, value, lay, shape):
     """A reduction writes its dense buffer through zero strides on the reduced axes."""
     axes = n.attrs["axes"]
     st, it = [], iter(lay.strides)
@@ -76,12 +61,5 @@ def _reduction_output(n, e, lay, shape):
             st.append(0 if d in axes else lay.strides[d])
         else:
             st.append(0 if d in axes else next(it))
-    return (Layout(lay.buffer, 0, tuple(st), shape, n.dtype), e,
+    return (Layout(lay.buffer, 0, tuple(st), shape, n.dtype), value,
             "sum" if n.op == "reduce_sum" else "max")
-
-
-def expression_size(fn, arg_sizes):
-    """Nodes in the tree of `fn` applied to arguments of these tree sizes: each use of an
-    argument symbol in `fn.expr` copies the argument's tree."""
-    uses = fn.symbol_uses()
-    return fn.tree_size() + sum(uses[k] * (size - 1) for k, size in enumerate(arg_sizes))

@@ -21,7 +21,7 @@ from . import transcendental as tr
 from .loops import I64, for_range, gep, i64
 from .matmul import SCRATCH_BYTES, declare_gemm, pack_elements
 from .ops import RANDOM_MIX
-from .scalar_codegen import emit_expressions
+from .scalar_library import declare as declare_scalar
 
 PTR = ir.PointerType()
 I32 = ir.IntType(32)
@@ -130,13 +130,22 @@ def emit_loop_kernel(module, kern, name):
                 if s:
                     off = b.add(off, b.mul(i, i64(s)))
             return off
-        env = {}
-        for (lay, sym), st in zip(kern.inputs, strides[:n_in]):
+        loaded, results = [], []
+        for lay, st in zip(kern.inputs, strides[:n_in]):
             lty = llvm_type(lay.dtype)
             v = b.load(gep(b, arg[id(lay.buffer)], offset(lay, st), lty), typ=lty)
-            env[sym] = _convert(b, v, lay.dtype, ty)
-        values = emit_expressions(b, [e for _, e, _ in kern.outputs], env, ty, kern.lets)
-        for (lay, _, mode), st, v in zip(kern.outputs, strides[n_in:], values):
+            loaded.append(_convert(b, v, lay.dtype, ty))
+
+        def value(ref):
+            kind, x = ref
+            return loaded[x] if kind == "in" else results[x] if kind == "op" else \
+                ir.Constant(ty, x)
+        for fn_name, args in kern.calls:
+            constants = {k: x for k, (kind, x) in enumerate(args) if kind == "num"}
+            results.append(b.call(declare_scalar(module, fn_name, ty, constants),
+                                  [value(a) for a in args if a[0] != "num"]))
+        for (lay, ref, mode), st in zip(kern.outputs, strides[n_in:]):
+            v = value(ref)
             p = gep(b, arg[id(lay.buffer)], offset(lay, st), ty)
             if mode == "sum":
                 v = b.fadd(b.load(p, typ=ty), v, flags=REDUCE_FLAGS)

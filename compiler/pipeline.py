@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from . import llvm_backend
+from . import llvm_backend, scalar_library
 from .fingerprint import source_fingerprint
 from .kernel_table import KernelTable, kernel_rows
 from .lower import CpuBackend, lower
@@ -105,8 +105,10 @@ def compile_graph(graph, grad_graph, seconds, key=None, stages=None):
     plan = Planner(optimized, CpuBackend(widths, llvm_backend.num_threads())).run()
     module = lower(plan, symbol, widths)
     ir_text = stages["llvm_ir"] = str(module)
+    scalar_functions = [scalar_library.definition(f.name) for f in module.functions
+                        if f.name.startswith("gf_fn.")]
     seconds["codegen"] = time.perf_counter() - t
-    llmod, t_parse, t_opt = llvm_backend.optimize(ir_text)
+    llmod, t_parse, t_opt = llvm_backend.optimize(ir_text, link=scalar_functions)
     seconds["codegen"] += t_parse
     seconds["llvm_opt"] = t_opt
     try:

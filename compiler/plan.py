@@ -216,10 +216,9 @@ class Planner:
                                        Buffer("arena", threads, name="threads"), nodes=[node]))
 
     def _unslice(self, node):
-        import sympy as sp
         out = self._materialised(node, self._new_buffer(node))
-        self.kernels.append(LoopKernel(self._name("zero"), node.shape, node.dtype, [],
-                                       [(out, sp.Float(0.0), "store")], [node]))
+        self.kernels.append(LoopKernel(self._name("zero"), node.shape, node.dtype, [], [],
+                                       [(out, ("num", 0.0), "store")], [node]))
         a = node.attrs
         off = sum(s * st for s, st in zip(a["starts"], out.strides))
         dst = Layout(out.buffer, off, tuple(st * k for st, k in zip(out.strides, a["steps"])),

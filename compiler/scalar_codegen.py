@@ -1,7 +1,9 @@
-"""sympy scalar expression -> LLVM instructions: the body of a fused elementwise loop.
+"""sympy scalar expression -> LLVM instructions: the body of an elementwise function's scalar
+function (compiler.scalar_library), which fused loops call and LLVM inlines.
 
-The fused group's expressions go through sympy's `cse` first, so a value shared by the forward
-and backward halves of a kernel (tanh(x) and 1 - tanh(x)^2) is computed once. Each node other
+The expression goes through sympy's `cse` first, so a value it uses twice is computed once;
+across the calls of one loop, LLVM's own value numbering shares what they have in common
+(tanh(x) in the forward node and in its cotangent). Each node other
 than a symbol or a number is emitted by its head's entry in compiler.scalar_functions, the table
 the numpy printer reads too."""
 from llvmlite import ir
@@ -10,14 +12,9 @@ from .errors import CompileError
 from .scalar_functions import HEADS
 
 
-def emit_expressions(b, exprs, env, ty, lets=()):
-    """Emit `exprs` (sympy) with `env` mapping Symbol -> llvm value; returns llvm values.
-    `lets` are (Symbol, expr) bindings emitted first, in order, that later expressions refer
-    to by their symbol (a fused kernel's bounded intermediates: compiler.plan)."""
-    emit = _Emitter(b, ty, env)
-    for k, (name, e) in enumerate(lets):
-        emit.env[name] = emit.all([e], f"t{k}_")[0]
-    return emit.all(exprs, "x")
+def emit_expressions(b, exprs, env, ty):
+    """Emit `exprs` (sympy) with `env` mapping Symbol -> llvm value; returns llvm values."""
+    return _Emitter(b, ty, env).all(exprs, "x")
 
 
 class _Emitter:

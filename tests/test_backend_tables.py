@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import graphflux as gf
 from graphflux.compiler import ops
@@ -154,3 +155,33 @@ def test_editing_a_compiler_file_invalidates_the_disk_cache(tmp_path):
     autodiff = package / "compiler" / "autodiff.py"
     autodiff.write_text(autodiff.read_text() + "\n# an edit\n")
     assert not run()["hit"]                                  # ... and an edit misses it
+
+
+NO_SYMPY = """
+import json, sys, numpy as np, graphflux as gf
+width = int(sys.argv[1])
+rng = np.random.default_rng(width)
+m = gf.Chain(gf.Dense(5, width, gf.tanh), gf.Dense(width, 3, gf.relu))
+x, y = rng.normal(size=(4, 5)), rng.normal(size=(4, 3))
+W1, b1, W2, b2 = (np.asarray(p, np.float64) for p in gf.params(m))
+expected = np.mean((np.maximum(np.tanh(x @ W1.T + b1) @ W2.T + b2, 0) - y) ** 2)
+step = gf.compile(lambda a, b: gf.losses.mse(m(a), b), gf.params(m), gf.Adam())
+hit = step.lower(x, y).stats["cache_hit"]
+print(json.dumps({"sympy": "sympy" in sys.modules, "loss": step(x, y), "expected": expected,
+                  "hit": hit}))
+"""
+
+
+def test_a_process_that_finds_the_scalar_functions_stored_compiles_without_sympy(tmp_path):
+    """The first process prints each function's body from sympy and stores it; a second one
+    compiling a different graph (other widths: no step in the cache) needs no sympy."""
+    env = dict(os.environ, GRAPHFLUX_CACHE_DIR=str(tmp_path / "cache"))
+    results = []
+    for width in (7, 9):
+        out = subprocess.run([sys.executable, "-c", NO_SYMPY, str(width)], capture_output=True,
+                             text=True, env=env, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert results[0]["sympy"] and not results[1]["hit"] and not results[1]["sympy"]
+    for r in results:            # float32 step against a float64 numpy formula
+        assert r["loss"] == pytest.approx(r["expected"], rel=1e-5)
