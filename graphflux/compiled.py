@@ -2,6 +2,7 @@
 
 The hot path (`CompiledStep.__call__` -> `_run`) does only what cannot be avoided: check
 the batch, look up the signature, write the batch's pointers and the host scalars, call."""
+import ctypes
 import logging
 import os
 import tempfile
@@ -133,19 +134,42 @@ class _Entry:
         # per-parameter host state, created now; replacing it (gf.load) moves the bindings
         # generation, which rebuilds this entry, so the records stay the ones in use
         self.records = [opt.slot(p) for p, _ in self.scalar_plan]
+        # every parameter reads the scalars in the optimiser's own order: when they also share
+        # their host state (the usual case), one dict of scalars serves them all
+        self.same_names = bool(self.records) and all(
+            names == list(opt.scalars(rec.host)) for rec, (_, names) in
+            zip(self.records, self.scalar_plan))
         for p in ps:
-            for slot in ps.slots[id(p)]:
-                self.slot_checks.append((slot, get_slot(slot)))
+            for container, key in ps.slots[id(p)]:
+                self.slot_checks.append((container, key, isinstance(container, (list, dict)),
+                                         get_slot((container, key))))
         self.outputs = {}
         for name, _, shape, dtype in ex.outputs:
             self.outputs[name] = np.empty(shape, dtype)
             ex.bind_output(name, self.outputs[name])
+        self.loss = self.outputs.get("loss")
+        self.prepares = opt is not None and type(opt).prepare is not Rule.prepare
+        # the host scalars' float64 vector seen as a ctypes array: a list is written into it
+        # in one C loop (numpy's conversion of a list costs twice as much)
+        n = len(art.binary.scalar_refs)
+        self.scalars = (ctypes.c_double * n).from_address(ex.native.scalars_ptr) if n else None
 
     def slots_changed(self):
-        for slot, p in self.slot_checks:
-            if get_slot(slot) is not p:
-                return slot
+        """The first parameter slot that no longer holds the array the step was traced with."""
+        for container, key, item, p in self.slot_checks:
+            if (container[key] if item else getattr(container, key)) is not p:
+                return container, key
         return None
+
+
+def data_address(a):
+    """The address of a native-dense array's first element, by the buffer protocol (a third
+    of the cost of `__array_interface__`, which builds a dict); read-only or empty arrays,
+    which ctypes will not wrap, the slow way."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError):
+        return a.__array_interface__["data"][0]
 
 
 def bind_inputs(ex, resolve, graph, with_data=False):
@@ -233,7 +257,8 @@ class CompiledStep:
 
     def __call__(self, *batch):
         with self._lock:
-            self._follow_replacements()
+            if self._generation != bindings.GENERATION[0]:
+                self._follow_replacements()
             key = tuple(map(fast_key, batch))
             hit = self._seen.get(key)
             if hit is None or hit[1]:
@@ -256,7 +281,7 @@ class CompiledStep:
         native = entry.ex.native
         ptrs = native.pointers
         for slot, i in entry.data_slots:
-            ptrs[slot] = batch[i].__array_interface__["data"][0]
+            ptrs[slot] = data_address(batch[i])
         for buf, arr in entry.copies:
             np.copyto(buf, arr)
         opt = self.opt
@@ -264,17 +289,22 @@ class CompiledStep:
         if opt is not None:
             opt.check_hyperparameters()
             records = entry.records
-            opt.prepare(records)
-            cache = {}
-            for rec, (_, names) in zip(records, entry.scalar_plan):
-                vals = cache.get(rec.host)
-                if vals is None:
-                    d = opt.scalars(rec.host)
-                    vals = cache[rec.host] = [d[n] for n in names]
-                values.extend(vals)
-            native.scalars[:len(values)] = values
+            if entry.prepares:
+                opt.prepare(records)
+            host = records[0].host
+            if entry.same_names and all(r.host is host for r in records):
+                values = list(opt.scalars(host).values()) * len(records)
+            else:
+                cache = {}
+                for rec, (_, names) in zip(records, entry.scalar_plan):
+                    vals = cache.get(rec.host)
+                    if vals is None:
+                        d = opt.scalars(rec.host)
+                        vals = cache[rec.host] = [d[n] for n in names]
+                    values += vals
+            entry.scalars[:len(values)] = values
         status = native()
-        loss = float(entry.outputs["loss"])
+        loss = entry.loss.item()
         if status:
             raise self._nonfinite(entry, batch, values, status, loss)
         if opt is None:
