@@ -1,6 +1,8 @@
 """`graphflux bench`: the standard workloads, compiled against eager (and hand-written numpy
 where one is given), median and spread of the time per training step measured side by side in
-one run, the cold compile time, and a check that both modes reach the same loss."""
+one run, the cold compile time, a check that both modes reach the same loss, and the distance
+to the machine's limit: each compiled step's GFLOP/s against numpy's own sgemm rate, measured
+in the same run."""
 import json
 import os
 import platform
@@ -56,7 +58,22 @@ def _times(f, steps):
     return np.array(out) * 1e6
 
 
-def measure(name, spec, steps=200, check_steps=20):
+def sgemm_rate(n=2048, repeats=5):
+    """GFLOP/s of numpy's float32 n x n product (its BLAS, with the threads it uses by
+    default): the machine's practical limit for dense work, measured now, beside the steps."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2.0 * n ** 3 / float(np.median(times)) / 1e9
+
+
+def measure(name, spec, steps=200, check_steps=20, peak=None):
     import graphflux as gf
     result = {"workload": name}
     losses = {}
@@ -67,12 +84,16 @@ def measure(name, spec, steps=200, check_steps=20):
         step(x, y)
         if mode == "compiled":
             result["compile_s"] = time.perf_counter() - t
+            result["flops"] = int(step.lower(x, y).stats["flops"])
         losses[mode] = [step(x, y) for _ in range(check_steps)]
         n = steps if mode == "compiled" else max(steps // 4, 20)
         us = _times(lambda: step(x, y), n)
         result[f"{mode}_median_us"] = float(np.median(us))
         result[f"{mode}_iqr_us"] = float(np.subtract(*np.percentile(us, [75, 25])))
     result["speedup"] = result["eager_median_us"] / result["compiled_median_us"]
+    result["gflops"] = result["flops"] / result["compiled_median_us"] / 1e3
+    if peak:
+        result["percent_of_sgemm"] = 100.0 * result["gflops"] / peak
     result.update(loss_check(losses["compiled"], losses["eager"]))
     for label, builder in (("pytorch", torch_step), ("jax", jax_step)):
         model, _, _, _, x, y = build(spec)
@@ -120,19 +141,23 @@ def _run(names, steps, as_json):
     unknown = [n for n in names if n not in specs]
     if unknown:
         raise SystemExit(f"unknown workload(s) {unknown}; choose from {list(specs)}")
-    results = [measure(n, specs[n], steps) for n in names]
+    peak = sgemm_rate()
+    results = [measure(n, specs[n], steps, peak=peak) for n in names]
     extra = [k[:-len("_median_us")] for k in ("pytorch_median_us", "jax_median_us")
              if any(k in r for r in results)]
     if as_json:
-        print(json.dumps({"machine": machine(), "results": results}, indent=2))
+        print(json.dumps({"machine": machine(), "sgemm_gflops": peak, "results": results},
+                         indent=2))
         return results
     m = machine()
-    print(f"machine: {m['cpu']}, {m['cores']} cores, python {m['python']}, numpy {m['numpy']}")
+    print(f"machine: {m['cpu']}, {m['cores']} cores, python {m['python']}, numpy {m['numpy']}; "
+          f"numpy sgemm 2048^2: {peak:.1f} GFLOP/s")
     print(f"{'workload':10s} {'compiled us':>12s} {'+-iqr':>7s} {'eager us':>10s} {'ratio':>6s} "
-          f"{'compile s':>9s}  losses agree" + "".join(f" {e + ' us':>12s}" for e in extra))
+          f"{'compile s':>9s}  losses agree {'GFLOP/s':>8s} {'% sgemm':>8s}"
+          + "".join(f" {e + ' us':>12s}" for e in extra))
     for r in results:
         print(f"{r['workload']:10s} {r['compiled_median_us']:12.1f} {r['compiled_iqr_us']:7.1f} "
               f"{r['eager_median_us']:10.1f} {r['speedup']:6.1f} {r['compile_s']:9.2f}  "
-              f"{str(r['losses_agree']):12s}"
+              f"{str(r['losses_agree']):12s} {r['gflops']:8.2f} {r['percent_of_sgemm']:8.1f}"
               + "".join(f" {r.get(e + '_median_us', float('nan')):12.1f}" for e in extra))
     return results

@@ -37,6 +37,16 @@ def test_bench_json_runs_a_workload_and_checks_losses():
     assert 0.5 * math.log(10) < le < 2 * math.log(10)
     assert row["compile_s"] > 0
     assert report["machine"]["cores"] >= 1
+    # distance to the limit: the step's flops (2*M*N*K per product: forward, weight gradient,
+    # and input gradient but for the first layer, whose input is data; plus the elementwise
+    # work) over its time, against numpy's sgemm rate of the same run
+    sizes, batch = (64, 32, 10), 32
+    products = sum((2 if k == 0 else 3) * 2 * batch * a * b
+                   for k, (a, b) in enumerate(zip(sizes, sizes[1:])))
+    assert products <= row["flops"] <= 1.5 * products
+    assert row["gflops"] == pytest.approx(row["flops"] / row["compiled_median_us"] / 1e3)
+    assert 1 < report["sgemm_gflops"] < 10000
+    assert row["percent_of_sgemm"] == pytest.approx(100 * row["gflops"] / report["sgemm_gflops"])
 
 
 def test_bench_loss_check_reports_a_mismatch():
