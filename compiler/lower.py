@@ -316,29 +316,56 @@ SEGMENT = 32
 one function's length, so a long step is cut into segments the step calls in turn."""
 
 
-def _segments(step, step_name, kernels, label, names):
-    """Emit `kernels` into segment functions; returns them in order."""
+def _segments(step, step_name, kernels, label, names, counters=None, first=0):
+    """Emit `kernels` into segment functions; returns them in order. With `counters` (a global
+    i64 array), each call is bracketed by cycle-counter reads and its cycles added to
+    counters[first + k]: the timed run that says where a step's time goes."""
     out, caller = [], (step.fn, step.b, step.bufs, step.scalars, step.arena)
     for start in range(0, len(kernels), SEGMENT):
         fn = step.open(f"{step_name}.{label}{start // SEGMENT}", ir.VoidType())
         fn.linkage = "internal"
         fn.attributes.add("noinline")
-        for kern in kernels[start:start + SEGMENT]:
+        for k, kern in enumerate(kernels[start:start + SEGMENT], start=first + start):
             step.b.comment(_describe(kern, names))
-            EMITTERS[kern.kind](step, kern)
+            if counters is None:
+                EMITTERS[kern.kind](step, kern)
+            else:
+                _timed(step, counters, k, lambda: EMITTERS[kern.kind](step, kern))
         step.b.ret_void()
         out.append(fn)
     step.fn, step.b, step.bufs, step.scalars, step.arena = caller
     return out
 
 
-def lower(plan, step_name, vector_width):
-    """The LLVM module (llvmlite.ir) of a Plan, exporting `step_name`."""
+def _timed(step, counters, k, emit):
+    b = step.b
+    clock = step.module.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
+    start = b.call(clock, [])
+    emit()
+    spent = b.sub(b.call(clock, []), start)
+    slot = b.gep(counters, [i64(0), i64(k)], inbounds=True)
+    b.store(b.add(b.load(slot, typ=I64), spent), slot)
+
+
+def profile_symbol(step_name):
+    """The global array of per-kernel cycle counts in a step lowered with `profile=True`."""
+    return f"{step_name}.cycles"
+
+
+def lower(plan, step_name, vector_width, profile=False):
+    """The LLVM module (llvmlite.ir) of a Plan, exporting `step_name`; with `profile`, also
+    the global `profile_symbol(step_name)`: cycles spent in each kernel (compute kernels, then
+    updates), summed over the calls."""
     module = ir.Module(name=step_name)
     step = _Step(module, vector_width)
+    counters = None
+    if profile:
+        n = len(plan.kernels) + len(plan.update_kernels)
+        counters = ir.GlobalVariable(module, ir.ArrayType(I64, n), profile_symbol(step_name))
+        counters.initializer = ir.Constant(ir.ArrayType(I64, n), None)
     step.open(step_name, I32)
     b = step.b
-    for seg in _segments(step, step_name, plan.kernels, "compute", plan.node_names):
+    for seg in _segments(step, step_name, plan.kernels, "compute", plan.node_names, counters):
         b.call(seg, [step.bufs, step.scalars])
     if plan.loss_layout is not None:
         ty = llvm_type(plan.loss_layout.dtype)
@@ -350,7 +377,8 @@ def lower(plan, step_name, vector_width):
         _branch_unless(b, step.fn, b.fcmp_ordered("==", flag,
                                                   ir.Constant(ir.DoubleType(), 0.0)),
                        2 + kern.index, f"gradient{kern.index}")
-    for seg in _segments(step, step_name, plan.update_kernels, "update", plan.node_names):
+    for seg in _segments(step, step_name, plan.update_kernels, "update", plan.node_names,
+                         counters, len(plan.kernels)):
         b.call(seg, [step.bufs, step.scalars])
     b.ret(I32(0))
     return module

@@ -88,11 +88,11 @@ class Artifact:
         return self._asm
 
 
-def compile_graph(graph, grad_graph, seconds, key=None, stages=None):
+def compile_graph(graph, grad_graph, seconds, key=None, stages=None, profile=False):
     """Optimise, plan, lower and compile `grad_graph` (the step); `graph` is the traced forward
     graph kept for inspection; `seconds` carries the trace/AD timings measured by the caller.
     `stages`, when given, is filled with each stage as it is made, so a failing compile can
-    be dumped (GRAPHFLUX_DEBUG)."""
+    be dumped (GRAPHFLUX_DEBUG). `profile` builds the timed variant (compiler.lower)."""
     stages = {} if stages is None else stages
     key = key or graph_key(grad_graph)
     symbol = f"gf_step_{key[:20]}"
@@ -103,7 +103,7 @@ def compile_graph(graph, grad_graph, seconds, key=None, stages=None):
     t = time.perf_counter()
     widths = llvm_backend.vector_widths()
     plan = Planner(optimized, CpuBackend(widths, llvm_backend.num_threads())).run()
-    module = lower(plan, symbol, widths)
+    module = lower(plan, symbol, widths, profile)
     ir_text = stages["llvm_ir"] = str(module)
     scalar_functions = [scalar_library.definition(f.name) for f in module.functions
                         if f.name.startswith("gf_fn.")]

@@ -7,6 +7,7 @@ from .activations import (celu, elementwise, elu, gelu, hardsigmoid, hardσ, ide
                           leakyrelu, logsigmoid, logsoftmax, logσ, mish, relu, relu6, selu,
                           sigmoid, softmax, softplus, softsign, swish, tanh, σ)
 from .arrays import exp, log, matmul, max, mean, reshape, sqrt, sum, transpose, where  # noqa: F401
+from .compare import compare  # noqa: F401
 from .compiled import compile  # noqa: F401
 from .data import DataLoader, onecold, onehotbatch  # noqa: F401
 from .errors import GraphfluxError, NonFiniteLoss  # noqa: F401

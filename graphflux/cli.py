@@ -150,8 +150,13 @@ def main(argv=None):
     p.add_argument("--script", metavar="FILE")
     p.add_argument("--stage", choices=STAGES, default="optimized")
     p.add_argument("--dot", metavar="FILE", help="also write the stage's graph as Graphviz")
-    p = sub.add_parser("bench", help="compiled vs eager on the standard workloads")
+    p = sub.add_parser("bench", help="compiled vs eager on the standard workloads or a script",
+                       description="Time compiled against eager on the standard workloads, or "
+                       "with --script on a file that defines `loss`, `ps`, `batch` and "
+                       "optionally `opt` (as for inspect): medians, spread, GFLOP/s, the "
+                       "compile time and where the compiled step's time goes, per kernel.")
     p.add_argument("--workloads", nargs="*", default=None)
+    p.add_argument("--script", metavar="FILE")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -159,6 +164,12 @@ def main(argv=None):
         demo(args.epochs, plot=args.plot)
     elif args.command == "inspect":
         inspect(args.workload, args.script, args.stage, args.dot)
+    elif args.script:
+        import dataclasses
+        import graphflux as gf
+        loss, ps, opt, batch = _load_script(args.script)
+        result = gf.compare(loss, ps, batch, opt, steps=args.steps)
+        print(json.dumps(dataclasses.asdict(result), indent=2) if args.json else result)
     else:
         from .bench import run
         run(args.workloads, args.steps, args.json)

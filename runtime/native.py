@@ -12,6 +12,32 @@ from graphflux.compiler.llvm_backend import new_target_machine
 _STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
 
 
+_CLOCK_IR = """
+declare i64 @llvm.readcyclecounter()
+define i64 @gf_cycles() {
+  %t = call i64 @llvm.readcyclecounter()
+  ret i64 %t
+}
+"""
+
+
+def cycle_counter_hz(seconds=0.05):
+    """Ticks per second of LLVM's cycle counter (the TSC on x86), against the wall clock:
+    converts a timed step's per-kernel counts into time."""
+    import time
+    module = llvm.parse_assembly(_CLOCK_IR)
+    engine = llvm.create_mcjit_compiler(module, new_target_machine())
+    try:
+        engine.finalize_object()
+        clock = ctypes.CFUNCTYPE(ctypes.c_int64)(engine.get_function_address("gf_cycles"))
+        t0, c0 = time.perf_counter(), clock()
+        time.sleep(seconds)
+        t1, c1 = time.perf_counter(), clock()
+    finally:
+        engine.close()
+    return (c1 - c0) / (t1 - t0)
+
+
 class NativeStep:
     """The engine holding a step's machine code, and the ctypes function calling into it.
 
@@ -50,6 +76,10 @@ class NativeStep:
         self.scalars = np.zeros(max(n_scalars, 1), dtype=np.float64)
         self.scalars_ptr = self.scalars.ctypes.data
         self.pointers_addr = ctypes.addressof(self.pointers)
+
+    def global_address(self, name):
+        """Where a global of the loaded code lives (0 if it has none of that name)."""
+        return self._engine.get_global_value_address(name)
 
     def __call__(self):
         return self._function(self.pointers_addr, self.scalars_ptr)
