@@ -1,6 +1,7 @@
 """Activation functions. Each works on numpy arrays and inside traced or eager code; the
 elementwise ones are sympy-defined primitives (see graphflux.compiler.elementwise), the rest
 are compositions of graphflux ops."""
+import hashlib
 import inspect
 
 from graphflux.compiler import elementwise as ew
@@ -86,12 +87,18 @@ def elementwise(name, f):
 
         softsign = gf.elementwise("softsign", lambda x: x / (1 + sympy.Abs(x)))
     """
+    import sympy
     arity = len(inspect.signature(f).parameters)
-    ew.register(ew.ElementwiseFn(name, arity, f))
+    # the definition is part of the name graphs carry (`softsign_3f2a1b...`), so two functions
+    # given one name never share a compiled step, a cached artifact or a scalar function
+    fn = ew.ElementwiseFn(name, arity, f)
+    digest = hashlib.sha256(sympy.srepr(fn.expr).encode()).hexdigest()[:10]
+    key = f"{name}_{digest}"
+    ew.register(ew.ElementwiseFn(key, arity, f))
 
     def apply(*xs):
         if len(xs) != arity:
             raise TypeError(f"{name} takes {arity} argument(s), got {len(xs)}")
-        return ops.elementwise(name, *xs)
+        return ops.elementwise(key, *xs)
     apply.__name__ = name
     return apply

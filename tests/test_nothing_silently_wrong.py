@@ -246,3 +246,18 @@ def test_a_fresh_lambda_per_epoch_reuses_one_step_and_distinct_losses_stay_bound
         target = y + k                      # a different captured array per loss
         gf.train(lambda a: gf.losses.mse(m(a), target), gf.params(m), [x], opt)
     assert gf.training.cached_steps(opt) <= 8
+
+
+def test_redefining_an_elementwise_function_under_one_name_is_never_stale():
+    """The name graphs carry includes the definition, so the second `f` never reuses the
+    first's compiled step, cached artifact or scalar function."""
+    x = np.linspace(-2, 2, 12).reshape(3, 4)
+    f1 = gf.elementwise("user_f", lambda a: a * a)
+    f2 = gf.elementwise("user_f", lambda a: a * a * a)
+    for f, want, slope in ((f1, x * x, 2 * x), (f2, x ** 3, 3 * x * x)):
+        np.testing.assert_allclose(gf.jit(lambda a: f(a))(x), want, rtol=1e-12)
+        g, = gf.gradient(lambda a: gf.sum(f(a)), x)
+        np.testing.assert_allclose(g, slope, rtol=1e-12)
+    from graphflux.compiler import elementwise as ew
+    for name in [n for n in ew.names() if "user_f" in n]:
+        del ew._REGISTRY[name]
