@@ -292,7 +292,8 @@ class CompiledStep:
             if entry.prepares:
                 opt.prepare(records)
             host = records[0].host
-            if entry.same_names and all(r.host is host for r in records):
+            shared = entry.same_names and all(r.host is host for r in records)
+            if shared:
                 values = list(opt.scalars(host).values()) * len(records)
             else:
                 cache = {}
@@ -309,6 +310,11 @@ class CompiledStep:
             raise self._nonfinite(entry, batch, values, status, loss)
         if opt is None:
             return loss, self._grads(entry)
+        if shared:
+            host = opt.advance(host)
+            for rec in records:
+                rec.host = host
+            return loss
         advanced = {}
         for rec in records:
             new = advanced.get(rec.host)
