@@ -367,6 +367,22 @@ def _hardsigmoid(x): return _piecewise((0, x <= -3), (1, x >= 3), (x + 3) / 6)
 def _relu6(x): return _piecewise((0, x <= 0), (6, x >= 6), x)
 
 
+@_builtin("hardtanh", 1)
+def _hardtanh(x): return _piecewise((-1, x <= -1), (1, x >= 1), x)
+
+
+@_builtin("hardswish", 1)
+def _hardswish(x): return _piecewise((0, x < -3), (x, x > 3), x * (x + 3) / 6)
+
+
+@_builtin("softshrink", 2)
+def _softshrink(x, lam): return _piecewise((x - lam, x > lam), (x + lam, x < -lam), 0)
+
+
+@_builtin("trelu", 2)
+def _trelu(x, theta): return _piecewise((x, x > theta), 0)
+
+
 @_builtin("softsign", 1)
 def _softsign(x): return x / (1 + _sp().Abs(x))
 

@@ -3,9 +3,11 @@ traced, differentiated symbolically, optimised and lowered through LLVM to one n
 per training step."""
 from . import compiler, runtime  # noqa: F401  (the runtime registers the numpy op table)
 from . import datasets, losses, optimise  # noqa: F401
-from .activations import (celu, elementwise, elu, gelu, hardsigmoid, hardσ, identity,  # noqa: F401
-                          leakyrelu, logsigmoid, logsoftmax, logσ, mish, relu, relu6, selu,
-                          sigmoid, softmax, softplus, softsign, swish, tanh, σ)
+from .activations import (celu, elementwise, elu, gelu, hardsigmoid, hardswish,  # noqa: F401
+                          hardtanh, hardσ, identity, leakyrelu, lisht, logcosh, logsigmoid,
+                          logsoftmax, logσ, mish, relu, relu6, selu, sigmoid, sigmoid_fast,
+                          softmax, softplus, softshrink, softsign, swish, tanh, tanh_fast,
+                          tanhshrink, trelu, σ)
 from .arrays import exp, log, matmul, max, mean, reshape, sqrt, sum, transpose, where  # noqa: F401
 from .compare import compare  # noqa: F401
 from .compiled import compile  # noqa: F401

@@ -3,6 +3,7 @@ elementwise ones are sympy-defined primitives (see graphflux.compiler.elementwis
 are compositions of graphflux ops."""
 import hashlib
 import inspect
+import math
 
 from graphflux.compiler import elementwise as ew
 from graphflux.compiler import ops
@@ -39,6 +40,16 @@ def celu(x, α=1.0):
     return ops.elementwise("celu", x, α)
 
 
+def softshrink(x, λ=0.5):
+    """x - λ above λ, x + λ below -λ, 0 between (NNlib; the slope at +-λ is 0, as PyTorch's)."""
+    return ops.elementwise("softshrink", x, λ)
+
+
+def trelu(x, θ=1.0):
+    """Threshold relu: x above θ, else 0."""
+    return ops.elementwise("trelu", x, θ)
+
+
 def _unary(name, doc):
     def f(x):
         return ops.elementwise(name, x)
@@ -54,7 +65,34 @@ hardsigmoid = _unary("hardsigmoid", "max(0, min(1, (x + 3) / 6))")
 relu6 = _unary("relu6", "min(max(x, 0), 6)")
 softsign = _unary("softsign", "x / (1 + |x|)")
 mish = _unary("mish", "x tanh(softplus(x))")
+hardtanh = _unary("hardtanh", "max(-1, min(1, x)); slope 0 at +-1, as PyTorch's")
+hardswish = _unary("hardswish", "x hardsigmoid(x); slopes -1/2 at -3 and 3/2 at 3, as PyTorch's")
 hardσ = hardsigmoid
+
+
+def logcosh(x):
+    """log(cosh(x)) as NNlib writes it, x + softplus(-2x) - log(2), which never overflows."""
+    return ops.sub(ops.add(x, softplus(ops.mul(x, -2.0))), math.log(2.0))
+
+
+def tanhshrink(x):
+    """x - tanh(x)."""
+    return ops.sub(x, tanh(x))
+
+
+def lisht(x):
+    """x tanh(x)."""
+    return ops.mul(x, tanh(x))
+
+
+def tanh_fast(x):
+    """NNlib's faster tanh: graphflux's tanh is already a vectorised polynomial, so the same."""
+    return tanh(x)
+
+
+def sigmoid_fast(x):
+    """NNlib's faster sigmoid: the same function here (see tanh_fast)."""
+    return sigmoid(x)
 
 
 def logsigmoid(x):

@@ -63,6 +63,19 @@ ACTIVATIONS = {
     "logsigmoid": (gf.logsigmoid, lambda x: -_softplus(-x), False),
     "logσ": (gf.logσ, lambda x: -_softplus(-x), False),
     "identity": (gf.identity, lambda x: x, False),
+    "hardtanh": (gf.hardtanh, lambda x: np.clip(x, -1.0, 1.0), False),
+    # PyTorch's piecewise form (0 below -3, so 0 at -inf, where x * hardsigmoid(x) is NaN)
+    "hardswish": (gf.hardswish, lambda x: np.where(x < -3, 0.0, np.where(x > 3, x,
+                                                                          x * (x + 3) / 6)),
+                  False),
+    "softshrink": (gf.softshrink, lambda x: np.where(x > 0.5, x - 0.5,
+                                                     np.where(x < -0.5, x + 0.5, 0 * x)), False),
+    "trelu": (gf.trelu, lambda x: np.where(x > 1.0, x, np.where(np.isnan(x), x, 0.0)), False),
+    "logcosh": (gf.logcosh, lambda x: x + _softplus(-2 * x) - math.log(2), False),
+    "tanhshrink": (gf.tanhshrink, lambda x: x - np.tanh(x), False),
+    "lisht": (gf.lisht, lambda x: x * np.tanh(x), False),
+    "tanh_fast": (gf.tanh_fast, np.tanh, False),
+    "sigmoid_fast": (gf.sigmoid_fast, lambda x: 1 / (1 + np.exp(-x)), False),
     "softmax": (gf.softmax, _softmax, True),
     "logsoftmax": (gf.logsoftmax, _logsoftmax, True),
 }
@@ -97,6 +110,8 @@ KINKS = {
     "relu": {0.0: 0.0}, "leakyrelu": {0.0: 0.01}, "relu6": {0.0: 0.0, 6.0: 0.0},
     "hardsigmoid": {-3.0: 0.0, 3.0: 0.0}, "hardσ": {-3.0: 0.0, 3.0: 0.0}, "elu": {0.0: 1.0},
     "celu": {0.0: 1.0}, "selu": {0.0: SELU[0] * SELU[1]}, "abs": {0.0: 1.0},
+    "hardtanh": {1.0: 0.0}, "hardswish": {-3.0: -0.5, 3.0: 1.5},
+    "softshrink": {0.5: 0.0, -0.5: 0.0}, "trelu": {1.0: 0.0},
 }
 
 # (f(+inf), f(-inf)), analytic, where NNlib's formula reaches the limit (None: it gives NaN).
@@ -111,6 +126,9 @@ LIMITS = {
     "minimum(x, c)": (0.5, -np.inf), "minimum(c, x)": (0.5, -np.inf), "abs": (np.inf, np.inf),
     "relu(relu(x) - 1)": (np.inf, 0.0), "hardsigmoid(relu(x))": (1.0, 0.5),
     "clamp(x, -1, 1)": (1.0, -1.0),
+    "hardtanh": (1.0, -1.0), "hardswish": (np.inf, 0.0), "softshrink": (np.inf, -np.inf),
+    "trelu": (np.inf, 0.0), "logcosh": (np.inf, None), "tanhshrink": (np.inf, -np.inf),
+    "lisht": (np.inf, np.inf), "tanh_fast": (1.0, -1.0), "sigmoid_fast": (1.0, 0.0),
 }
 
 # Row 0 holds NaNs (softmax's whole row is then NaN), row 1 the infinities, row 2 only finite

@@ -13,8 +13,9 @@ from graphflux.runtime.numpy_impls import IMPLS
 from helpers import host_vector_bits, run_both, tolerance, trace_outputs
 
 UNARY = ["neg", "exp", "log", "tanh", "sigmoid", "relu", "sqrt", "square", "abs", "identity",
-         "xlogx", "softplus", "selu", "gelu", "swish", "hardsigmoid", "relu6", "softsign", "mish"]
-WITH_PARAMETER = ["leakyrelu", "elu", "celu"]       # f(x, a) with a positive parameter
+         "xlogx", "softplus", "selu", "gelu", "swish", "hardsigmoid", "relu6", "softsign", "mish",
+         "hardtanh", "hardswish"]
+WITH_PARAMETER = ["leakyrelu", "elu", "celu", "softshrink", "trelu"]  # f(x, a), a positive
 BINARY = ["add", "sub", "mul", "div", "pow", "maximum", "minimum", "greater", "greater_equal",
           "less", "less_equal", "equal", "xlogy"]
 
