@@ -15,10 +15,9 @@ from graphflux.compiler.lower import profile_symbol
 from graphflux.compiler.pipeline import compile_graph
 from graphflux.runtime.native import cycle_counter_hz
 
-from .compiled import CompiledStep, _Entry
+from .compiled import CompiledStep
 from .eager_step import EagerStep
 from .params import as_params
-from .signature import check_batch
 from .tracing import step_graph, trace_loss
 
 
@@ -127,14 +126,11 @@ def compare(loss, ps, batch, opt=None, *, steps=100, check_steps=5, rtol=1e-4):
 def _kernel_times(step, loss, ps, opt, batch, steps):
     """Run the timed variant of the step `steps` times: each kernel's mean time per call and
     its share of the time spent in kernels."""
-    prepared = check_batch(batch, step.dtype, step._warned)
+    prepared = step.prepared(batch)
     traced = trace_loss(loss, ps, prepared)
     art = compile_graph(traced.graph, step_graph(traced, ps, opt, warn=False),
                         dict(traced.seconds), key=f"profile-{id(traced):x}", profile=True)
-    entry = _Entry(step, traced, art)
-    for _ in range(steps):
-        step._run(entry, prepared)
-    native = entry.ex.native
+    native = step.run_variant(art, traced, prepared, steps)
     rows = art.kernels
     counts = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_int64 * len(rows)).from_address(
         native.global_address(profile_symbol(art.symbol))))

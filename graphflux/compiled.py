@@ -229,6 +229,20 @@ class CompiledStep:
             batch = check_batch(batch, self.dtype, self._warned)
             return self._entry(batch, signature(batch)).art
 
+    def prepared(self, batch):
+        """The batch as the native step reads it (casts, native copies), checked."""
+        return check_batch(batch, self.dtype, self._warned)
+
+    def run_variant(self, art, traced, batch, times):
+        """Bind another artifact of this step's loss -- a timed variant (gf.compare) -- to
+        this step's arrays and run it `times` times on a prepared batch; returns its native
+        step (whose globals hold what the variant recorded)."""
+        entry = _Entry(self, traced, art)
+        with self._lock:
+            for _ in range(times):
+                self._run(entry, batch)
+        return entry.ex.native
+
     def _follow_replacements(self):
         if self._generation != bindings.GENERATION[0]:
             self._entries.clear()
