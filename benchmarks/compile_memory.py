@@ -14,8 +14,6 @@ graphflux, closed the way llvmlite documents and with the pass manager freed by 
 (llvm_backend explains why).
 
 Usage: python benchmarks/compile_memory.py [N] [--floor | --graphflux [--trim]]"""
-import ctypes
-import gc
 import os
 import subprocess
 import sys
@@ -25,25 +23,14 @@ os.environ["GRAPHFLUX_CACHE"] = "0"
 WARMUP = 3   # compiles before the baseline: imports, the GEMM library, first-use allocations
 MIB = 1 << 20
 
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-    _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-except OSError:
-    _LIBC = None
-
-
-def rss():
-    """Resident set size in bytes, from /proc/self/statm."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory_readings import collect, resident_bytes  # noqa: E402
 
 
 def settle(trim):
     """RSS once the garbage is collected, after malloc_trim(0) when `trim` (and glibc)."""
-    gc.collect()
-    if trim and _LIBC is not None:
-        _LIBC.malloc_trim(0)
-    return rss()
+    collect(trim)
+    return resident_bytes()
 
 
 def clear_graphflux_caches():

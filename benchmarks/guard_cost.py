@@ -12,8 +12,7 @@ from graphflux.bench import build, machine, workloads
 from graphflux.compiler.graph import Graph
 from graphflux.compiler.pipeline import compile_graph
 from graphflux.runtime.executable import Executable
-from graphflux.compiled import input_array
-from graphflux.tracing import step_graph, trace_loss
+from graphflux.tracing import input_array, step_graph, trace_loss
 
 
 def native_step(ps, opt, traced, checks):

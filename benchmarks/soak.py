@@ -9,8 +9,6 @@ with the 10k reading (everything allocated once -- compile, first-call buffers, 
 state -- exists by then).
 
 Usage: python benchmarks/soak.py [N]   (default 1,000,000)"""
-import ctypes
-import gc
 import os
 import sys
 import time
@@ -22,16 +20,8 @@ import graphflux as gf
 MIB = 1 << 20
 FLAT_MIB = 2.0     # end minus the 10k reading, trimmed; tests/test_soak.py explains the bound
 
-try:
-    _LIBC = ctypes.CDLL("libc.so.6")
-    _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
-except OSError:
-    _LIBC = None
-
-
-def _statm_rss():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from memory_readings import collect, resident_bytes  # noqa: E402
 
 
 def rss():
@@ -42,11 +32,10 @@ def rss():
     table every few ten thousand calls (heaptrack: array_interface_get -> PyDict_SetItemString
     -> PyUnicode_InternInPlace -> dictresize); the ~1-2 MiB old table freed stays with glibc,
     whose adaptive thresholds do not hand it back."""
-    gc.collect()
-    raw = _statm_rss()
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-    return raw, _statm_rss()
+    collect(trim=False)
+    raw = resident_bytes()
+    collect(trim=True)
+    return raw, resident_bytes()
 
 
 def build(batch=32, seed=0):

@@ -90,6 +90,15 @@ def _kernel_function(module, name, n_buffers):
     return fn
 
 
+def element_offset(b, start, indices, strides):
+    """start + sum(index * stride), skipping the zero strides of broadcast axes."""
+    off = i64(start)
+    for i, st in zip(indices, strides):
+        if st:
+            off = b.add(off, b.mul(i, i64(st)))
+    return off
+
+
 def loop_nest(b, shape, body):
     """Nested counted loops over `shape`, calling `body(indices)` innermost."""
     def nest(depth, indices):
@@ -125,11 +134,7 @@ def emit_loop_kernel(module, kern, name):
 
     def body(indices):
         def offset(lay, st):
-            off = i64(kern.relative(lay))
-            for i, s in zip(indices, st):
-                if s:
-                    off = b.add(off, b.mul(i, i64(s)))
-            return off
+            return element_offset(b, kern.relative(lay), indices, st)
         loaded, results = [], []
         for lay, st in zip(kern.inputs, strides[:n_in]):
             lty = llvm_type(lay.dtype)
@@ -204,10 +209,7 @@ def emit_finite_check(module, kern, name):
     shape, (strides,) = _collapse(src.shape, [src.strides])
 
     def body(indices):
-        off = i64(kern.relative(src))
-        for i, st in zip(indices, strides):
-            if st:
-                off = b.add(off, b.mul(i, i64(st)))
+        off = element_offset(b, kern.relative(src), indices, strides)
         x = b.load(gep(b, arg[id(src.buffer)], off, ty), typ=ty)
         b.store(b.fadd(b.load(acc, typ=ty), b.fsub(x, x), flags=REDUCE_FLAGS), acc)
 
@@ -232,24 +234,31 @@ def _branch_unless(b, step, ok, status, what):
     b.position_at_end(good)
 
 
-class _Step:
-    """A function of the step being built -- the exported step or one of its segments, all
-    `(ptr bufs, ptr scalars)` -- with its IR builder and the base pointer of each buffer, and
-    the kernel functions emitted so far by structure (shared by every segment, so identical
-    kernels share one)."""
+class _Module:
+    """The module being built, and the kernel functions emitted so far by structure (shared
+    by every function of the step, so identical kernels share one)."""
 
     def __init__(self, module, vector_width):
         self.module, self.vector_width = module, vector_width
         self.functions = {}
 
-    def open(self, name, returns):
+    def body(self, name, returns):
+        """A new function of the step, `(ptr bufs, ptr scalars)`, to emit kernel calls into."""
+        return _Body(self, name, returns)
+
+
+class _Body:
+    """One function of the step -- the exported step or one of its segments -- with its IR
+    builder and the base pointer of each buffer."""
+
+    def __init__(self, owner, name, returns):
+        self.owner, self.module, self.vector_width = owner, owner.module, owner.vector_width
         self.fn = ir.Function(self.module, ir.FunctionType(returns, [PTR, PTR]), name=name)
         self.fn.attributes.add("nounwind")
         self.bufs, self.scalars = self.fn.args
         self.bufs.name, self.scalars.name = "bufs", "scalars"
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.arena = self.b.load(gep(self.b, self.bufs, 0, PTR), typ=PTR, name="arena")
-        return self.fn
 
     def base(self, buf):
         b = self.b
@@ -267,9 +276,9 @@ class _Step:
 
     def function(self, kern, emit):
         key = kern.structure()
-        fn = self.functions.get(key)
+        fn = self.owner.functions.get(key)
         if fn is None:
-            fn = self.functions[key] = emit(self.module, kern, kern.name)
+            fn = self.owner.functions[key] = emit(self.module, kern, kern.name)
         return fn
 
     def call_function(self, kern, emit):
@@ -284,20 +293,20 @@ class _Step:
         self.b.call(fn, args)
 
 
-def _call_gemm(step, kern):
+def _call_gemm(body, kern):
     dtype = np.dtype(kern.out.dtype)
-    fn = declare_gemm(step.module, llvm_type(dtype), step.vector_width[dtype])
-    step.b.call(fn, [step.at(kern.a), step.at(kern.b), step.at(kern.out),
-                     step.base(kern.pack_a), step.base(kern.pack_b),
-                     step.base(kern.thread_scratch)]
+    fn = declare_gemm(body.module, llvm_type(dtype), body.vector_width[dtype])
+    body.b.call(fn, [body.at(kern.a), body.at(kern.b), body.at(kern.out),
+                     body.base(kern.pack_a), body.base(kern.pack_b),
+                     body.base(kern.thread_scratch)]
                 + [i64(v) for v in (kern.m, kern.n, kern.k)]
                 + [i64(v) for v in kern.a.strides + kern.b.strides])
 
 
 EMITTERS = {
-    "loop": lambda step, kern: step.call_function(kern, emit_loop_kernel),
-    "random": lambda step, kern: step.call_function(kern, emit_random_kernel),
-    "finite_check": lambda step, kern: step.call_function(kern, emit_finite_check),
+    "loop": lambda body, kern: body.call_function(kern, emit_loop_kernel),
+    "random": lambda body, kern: body.call_function(kern, emit_random_kernel),
+    "finite_check": lambda body, kern: body.call_function(kern, emit_finite_check),
     "gemm": _call_gemm,
 }
 """kernel kind -> emits the kernel's call in the step (and its function, once per structure)."""
@@ -316,30 +325,29 @@ SEGMENT = 32
 one function's length, so a long step is cut into segments the step calls in turn."""
 
 
-def _segments(step, step_name, kernels, label, names, counters=None, first=0):
+def _segments(module, step_name, kernels, label, names, counters=None, first=0):
     """Emit `kernels` into segment functions; returns them in order. With `counters` (a global
     i64 array), each call is bracketed by cycle-counter reads and its cycles added to
     counters[first + k]: the timed run that says where a step's time goes."""
-    out, caller = [], (step.fn, step.b, step.bufs, step.scalars, step.arena)
+    out = []
     for start in range(0, len(kernels), SEGMENT):
-        fn = step.open(f"{step_name}.{label}{start // SEGMENT}", ir.VoidType())
-        fn.linkage = "internal"
-        fn.attributes.add("noinline")
+        seg = module.body(f"{step_name}.{label}{start // SEGMENT}", ir.VoidType())
+        seg.fn.linkage = "internal"
+        seg.fn.attributes.add("noinline")
         for k, kern in enumerate(kernels[start:start + SEGMENT], start=first + start):
-            step.b.comment(_describe(kern, names))
+            seg.b.comment(_describe(kern, names))
             if counters is None:
-                EMITTERS[kern.kind](step, kern)
+                EMITTERS[kern.kind](seg, kern)
             else:
-                _timed(step, counters, k, lambda: EMITTERS[kern.kind](step, kern))
-        step.b.ret_void()
-        out.append(fn)
-    step.fn, step.b, step.bufs, step.scalars, step.arena = caller
+                _timed(seg, counters, k, lambda: EMITTERS[kern.kind](seg, kern))
+        seg.b.ret_void()
+        out.append(seg.fn)
     return out
 
 
-def _timed(step, counters, k, emit):
-    b = step.b
-    clock = step.module.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
+def _timed(body, counters, k, emit):
+    b = body.b
+    clock = body.module.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
     start = b.call(clock, [])
     emit()
     spent = b.sub(b.call(clock, []), start)
@@ -357,15 +365,16 @@ def lower(plan, step_name, vector_width, profile=False):
     the global `profile_symbol(step_name)`: cycles spent in each kernel (compute kernels, then
     updates), summed over the calls."""
     module = ir.Module(name=step_name)
-    step = _Step(module, vector_width)
+    emission = _Module(module, vector_width)
     counters = None
     if profile:
         n = len(plan.kernels) + len(plan.update_kernels)
         counters = ir.GlobalVariable(module, ir.ArrayType(I64, n), profile_symbol(step_name))
         counters.initializer = ir.Constant(ir.ArrayType(I64, n), None)
-    step.open(step_name, I32)
+    step = emission.body(step_name, I32)
     b = step.b
-    for seg in _segments(step, step_name, plan.kernels, "compute", plan.node_names, counters):
+    for seg in _segments(emission, step_name, plan.kernels, "compute", plan.node_names,
+                         counters):
         b.call(seg, [step.bufs, step.scalars])
     if plan.loss_layout is not None:
         ty = llvm_type(plan.loss_layout.dtype)
@@ -377,7 +386,7 @@ def lower(plan, step_name, vector_width, profile=False):
         _branch_unless(b, step.fn, b.fcmp_ordered("==", flag,
                                                   ir.Constant(ir.DoubleType(), 0.0)),
                        2 + kern.index, f"gradient{kern.index}")
-    for seg in _segments(step, step_name, plan.update_kernels, "update", plan.node_names,
+    for seg in _segments(emission, step_name, plan.update_kernels, "update", plan.node_names,
                          counters, len(plan.kernels)):
         b.call(seg, [step.bufs, step.scalars])
     b.ret(I32(0))

@@ -105,8 +105,7 @@ def compile_graph(graph, grad_graph, seconds, key=None, stages=None, profile=Fal
     plan = Planner(optimized, CpuBackend(widths, llvm_backend.num_threads())).run()
     module = lower(plan, symbol, widths, profile)
     ir_text = stages["llvm_ir"] = str(module)
-    scalar_functions = [scalar_library.definition(f.name) for f in module.functions
-                        if f.name.startswith("gf_fn.")]
+    scalar_functions = scalar_library.definitions(module)
     seconds["codegen"] = time.perf_counter() - t
     llmod, t_parse, t_opt = llvm_backend.optimize(ir_text, link=scalar_functions)
     seconds["codegen"] += t_parse

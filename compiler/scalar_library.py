@@ -20,11 +20,14 @@ _TEXTS = {}
 _LOCK = threading.Lock()
 
 
+_PREFIX = "gf_fn."
+
+
 def function_name(fn_name, ty, constants):
     """`gf_fn.<name>.<f32|f64>`, then `@k=<hex float>` per argument k fixed to a constant: a
     constant argument is part of the body (x**3 must stay an integer power, not exp(3 log x))."""
     width = "f64" if isinstance(ty, ir.DoubleType) else "f32"
-    return f"gf_fn.{fn_name}.{width}" + "".join(f"@{k}={float(v).hex()}"
+    return f"{_PREFIX}{fn_name}.{width}" + "".join(f"@{k}={float(v).hex()}"
                                                  for k, v in sorted(constants.items()))
 
 
@@ -37,6 +40,11 @@ def declare(module, fn_name, ty, constants):
         arity = ew.get(fn_name).arity - len(constants)
         fn = ir.Function(module, ir.FunctionType(ty, [ty] * arity), name=name)
     return fn
+
+
+def definitions(module):
+    """The IR texts defining the scalar functions `module` (a step) declares, to link in."""
+    return [definition(f.name) for f in module.functions if f.name.startswith(_PREFIX)]
 
 
 def definition(name):
@@ -58,7 +66,7 @@ def _emit(name):
     import sympy as sp
     from .scalar_codegen import emit_expressions
     head, *fixed = name.split("@")
-    fn_name, width = head[len("gf_fn."):].rsplit(".", 1)
+    fn_name, width = head[len(_PREFIX):].rsplit(".", 1)
     constants = {int(k): float.fromhex(v) for k, v in (c.split("=") for c in fixed)}
     ty = ir.DoubleType() if width == "f64" else ir.FloatType()
     fn_def = ew.get(fn_name)

@@ -15,6 +15,7 @@ from graphflux.compiler.lower import profile_symbol
 from graphflux.compiler.pipeline import compile_graph
 from graphflux.runtime.native import cycle_counter_hz
 
+from .bench import _times, loss_check
 from .compiled import CompiledStep
 from .eager_step import EagerStep
 from .params import as_params
@@ -84,15 +85,6 @@ class _Restore:
                 st.host = saved[1]
 
 
-def _timed(f, n):
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def compare(loss, ps, batch, opt=None, *, steps=100, check_steps=5, rtol=1e-4):
     """Time `loss(*batch)`'s training step (or gradient, without `opt`) compiled and eager,
     check their losses agree over `check_steps` steps from the same start, and time each
@@ -108,16 +100,16 @@ def compare(loss, ps, batch, opt=None, *, steps=100, check_steps=5, rtol=1e-4):
         losses = {"compiled": [first(compiled(*batch)) for _ in range(check_steps)]}
     with _Restore(ps, opt):
         losses["eager"] = [first(eager(*batch)) for _ in range(check_steps)]
-    agree = all(np.isfinite(c) and abs(c - e) <= rtol * max(abs(e), 1e-12)
+    agree = all(loss_check([c], [e], rtol)["losses_agree"]
                 for c, e in zip(losses["compiled"], losses["eager"]))
     samples = {"compiled": [], "eager": []}
     with _Restore(ps, opt):
         for _ in range(5):                  # interleaved rounds, so drift hits both alike
-            samples["compiled"] += _timed(lambda: compiled(*batch), max(steps // 5, 1))
-            samples["eager"] += _timed(lambda: eager(*batch), max(steps // 20, 1))
+            samples["compiled"].extend(_times(lambda: compiled(*batch), max(steps // 5, 1)))
+            samples["eager"].extend(_times(lambda: eager(*batch), max(steps // 20, 1)))
         kernels = _kernel_times(compiled, loss, ps, opt, batch, steps)
-    med = {k: float(np.median(v)) * 1e6 for k, v in samples.items()}
-    iqr = {k: float(np.subtract(*np.percentile(v, [75, 25]))) * 1e6 for k, v in samples.items()}
+    med = {k: float(np.median(v)) for k, v in samples.items()}
+    iqr = {k: float(np.subtract(*np.percentile(v, [75, 25]))) for k, v in samples.items()}
     art = compiled.lower(*batch)
     return Comparison(med["compiled"], iqr["compiled"], med["eager"], iqr["eager"], compile_s,
                       int(art.stats["flops"]), bool(agree), losses, kernels)

@@ -22,11 +22,11 @@ from .eager_step import EagerStep
 from .errors import ArgumentError, UsageError
 from .nonfinite import nonfinite_error
 from .optimise import Rule
-from .params import Grads, as_params, get_slot, warn_names
+from .params import Grads, SlotWatch, as_params, warn_names
 from .signature import (check_batch, describe_change, fast_key, is_native_dense, native_dense,
                         signature)
-from .tracing import (ParameterError, check_params, optimiser_description, step_graph,
-                      trace_loss)
+from .tracing import (ParameterError, check_params, input_array, optimiser_description,
+                      step_graph, trace_loss)
 
 log = logging.getLogger("graphflux")
 
@@ -100,19 +100,6 @@ def _updated_or_output(binary, ps, opt):
     return {ref[1] for ref in binary.scalar_refs if ref[0] == "scalar"}
 
 
-def input_array(ref, ps, opt, batch, captured):
-    """The array a graph input's `ref` names: ("data", i), ("param", i), ("captured", k) or
-    ("state", i, name) -- the one place that resolves them."""
-    kind = ref[0]
-    if kind == "data":
-        return batch[ref[1]]
-    if kind == "param":
-        return ps[ref[1]]
-    if kind == "captured":
-        return captured[ref[1]]
-    return opt.slot(ps[ref[1]]).arrays[ref[2]]
-
-
 class _Entry:
     """One artifact bound to this step's arrays. Parameters, optimiser state and running
     statistics are bound by pointer once; captured arrays native code cannot read by pointer
@@ -122,7 +109,6 @@ class _Entry:
         self.art = art
         self.captured = traced.captured
         self.ex = ex = Executable(art.binary)
-        self.slot_checks = []
         ps, opt = step.ps, step.opt
         self.data_slots, self.copies, self.keep = bind_inputs(
             ex, lambda ref: input_array(ref, ps, opt, None, traced.captured), traced.graph)
@@ -139,10 +125,7 @@ class _Entry:
         self.same_names = bool(self.records) and all(
             names == list(opt.scalars(rec.host)) for rec, (_, names) in
             zip(self.records, self.scalar_plan))
-        for p in ps:
-            for container, key in ps.slots[id(p)]:
-                self.slot_checks.append((container, key, isinstance(container, (list, dict)),
-                                         get_slot((container, key))))
+        self.slots = SlotWatch(ps)
         self.outputs = {}
         for name, _, shape, dtype in ex.outputs:
             self.outputs[name] = np.empty(shape, dtype)
@@ -153,13 +136,6 @@ class _Entry:
         # in one C loop (numpy's conversion of a list costs twice as much)
         n = len(art.binary.scalar_refs)
         self.scalars = (ctypes.c_double * n).from_address(ex.native.scalars_ptr) if n else None
-
-    def slots_changed(self):
-        """The first parameter slot that no longer holds the array the step was traced with."""
-        for container, key, item, p in self.slot_checks:
-            if (container[key] if item else getattr(container, key)) is not p:
-                return container, key
-        return None
 
 
 def data_address(a):
@@ -225,7 +201,8 @@ class CompiledStep:
         """Compile (or fetch) the artifact for this batch's signature and install it; the step
         is not run."""
         with self._lock:
-            self._follow_replacements()
+            if self._generation != bindings.GENERATION[0]:
+                self._follow_replacements()
             batch = check_batch(batch, self.dtype, self._warned)
             return self._entry(batch, signature(batch)).art
 
@@ -244,10 +221,10 @@ class CompiledStep:
         return entry.ex.native
 
     def _follow_replacements(self):
-        if self._generation != bindings.GENERATION[0]:
-            self._entries.clear()
-            self._seen.clear()
-            self._why = bindings.WHY[0]
+        """Drop every entry: an array they bound was replaced (graphflux.bindings)."""
+        self._entries.clear()
+        self._seen.clear()
+        self._why = bindings.WHY[0]
 
     def _entry(self, batch, sig, reason=None):
         entry = self._entries.get(sig)
@@ -284,7 +261,7 @@ class CompiledStep:
                                              any(a is not b for a, b in zip(prepared, batch)))
                 batch = prepared
             entry = hit[0]
-            changed = entry.slots_changed()
+            changed = entry.slots.changed()
             if changed is not None:
                 entry = self._entry(batch, signature(batch),
                                     reason=f"parameter slot {changed[1]!r} now holds a "
@@ -305,9 +282,10 @@ class CompiledStep:
             records = entry.records
             if entry.prepares:
                 opt.prepare(records)
-            host = records[0].host
-            shared = entry.same_names and all(r.host is host for r in records)
+            # one host state shared by every parameter (the usual case): one scalars dict
+            shared = entry.same_names and all(r.host is records[0].host for r in records)
             if shared:
+                host = records[0].host
                 values = list(opt.scalars(host).values()) * len(records)
             else:
                 cache = {}
@@ -366,11 +344,13 @@ def check_optimiser(opt, allow=()):
     raise ArgumentError(f"opt must be an optimiser such as gf.Adam(), got {opt!r}")
 
 
+def check_mode(mode):
+    if mode not in ("compiled", "eager"):
+        raise UsageError(f"mode must be 'compiled' or 'eager', got {mode!r}")
+
+
 def compile(loss, ps, opt=None, *, mode="compiled"):  # noqa: A001 -- the API's name
     """A step function for `loss(*batch)` over params `ps`; traced on first call (or `lower`)."""
     check_optimiser(opt)
-    if mode == "eager":
-        return EagerStep(loss, ps, opt)
-    if mode != "compiled":
-        raise UsageError(f"mode must be 'compiled' or 'eager', got {mode!r}")
-    return CompiledStep(loss, ps, opt)
+    check_mode(mode)
+    return EagerStep(loss, ps, opt) if mode == "eager" else CompiledStep(loss, ps, opt)

@@ -9,15 +9,14 @@ import numpy as np
 from graphflux.runtime.executable import Executable
 from graphflux.runtime.lru import LRU
 
-from .compiled import artifact_for, bind_inputs, input_array
+from .compiled import artifact_for, bind_inputs, check_mode
 from .eager_step import eager_value_and_grads
 from .eager_update import update_eager
 from .modelstate import state
 from .params import Grads, Params, as_params, params
-from .errors import UsageError
 from .signature import native_dense
 from .training import _is_model
-from .tracing import check_params, trace_loss
+from .tracing import check_params, input_array, trace_loss
 
 _EXECUTABLES = LRU(8)    # artifact symbol -> (Executable, lock): calls on one take turns
 
@@ -39,13 +38,8 @@ def _compiled_value_and_grads(f, ps, args=()):
     return float(outs["loss"]), grads
 
 
-def _check_mode(mode):
-    if mode not in ("compiled", "eager"):
-        raise UsageError(f"mode must be 'compiled' or 'eager', got {mode!r}")
-
-
 def value_and_grads(f, ps, args=(), mode="compiled"):
-    _check_mode(mode)
+    check_mode(mode)
     if mode == "eager":
         return eager_value_and_grads(f, ps, args)
     return _compiled_value_and_grads(f, ps, args)

@@ -18,7 +18,7 @@ from graphflux.runtime.executable import Executable
 
 from . import bindings
 from .compiled import bind_inputs, cached_artifact
-from .params import get_slot, params
+from .params import SlotWatch, params
 from .signature import describe_change, native_dense, signature
 from .tracing import TRACE_LOCK
 
@@ -45,8 +45,8 @@ class Jitted:
         self._why = None
         self._lock = threading.Lock()
         # a model's own arrays, by slot: replaced ones are seen even in a class of the user's
-        ps = params() if hasattr(f, "__code__") else params(f)
-        self._slot_checks = [(slot, p) for p in ps for slot in ps.slots[id(p)]]
+        self._ps = params() if hasattr(f, "__code__") else params(f)
+        self._slots = SlotWatch(self._ps)
 
     def lower(self, *args):
         """Compile (or fetch) the artifact for these arguments' signature; nothing runs."""
@@ -58,12 +58,12 @@ class Jitted:
         return tuple(native_dense(a) if isinstance(a, np.ndarray) else a for a in args)
 
     def _entry(self, args):
-        stale = next((slot for slot, p in self._slot_checks if get_slot(slot) is not p), None)
+        stale = self._slots.changed()
         if self._generation != bindings.GENERATION[0] or stale is not None:
             self._entries.clear()
             self._why = bindings.WHY[0] if stale is None else \
                 f"slot {stale[1]!r} now holds a different array"
-            self._slot_checks = [(slot, get_slot(slot)) for slot, _ in self._slot_checks]
+            self._slots = SlotWatch(self._ps)
         sig = signature(args)
         entry = self._entries.get(sig)
         if entry is None:

@@ -30,11 +30,9 @@ def nonfinite_error(what, loss, graph=None, bindings=None):
 def eager_nonfinite_error(what, loss, loss_fn, ps, batch):
     """The same for eager mode, whose tape keeps no source lines: trace the loss and its
     gradient (no compile) and search that graph."""
-    from .tracing import step_graph, trace_loss
+    from .tracing import input_array, step_graph, trace_loss
     traced = trace_loss(loss_fn, ps, batch)
     graph = step_graph(traced, ps, None, warn=False)
-    bindings = {}
-    for n in graph.inputs:
-        kind, index = n.attrs["ref"][:2]
-        bindings[n.id] = {"param": ps, "data": batch, "captured": traced.captured}[kind][index]
+    bindings = {n.id: input_array(n.attrs["ref"], ps, None, batch, traced.captured)
+                for n in graph.inputs}
     return nonfinite_error(what, loss, graph, bindings)

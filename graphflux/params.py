@@ -124,6 +124,23 @@ def get_slot(slot):
     return getattr(container, key)
 
 
+class SlotWatch:
+    """What every recorded slot of `ps` holds now, to notice cheaply (identity checks, no
+    calls) a slot that later holds another array: `layer.weight = new` in any class."""
+
+    def __init__(self, ps):
+        self._held = [(container, key, isinstance(container, (list, dict)),
+                       get_slot((container, key)))
+                      for p in ps for container, key in ps.slots[id(p)]]
+
+    def changed(self):
+        """The first slot, as (container, key), that no longer holds what it held; or None."""
+        for container, key, item, p in self._held:
+            if (container[key] if item else getattr(container, key)) is not p:
+                return container, key
+        return None
+
+
 class Grads(Mapping):
     """Gradients keyed by parameter identity: `gs[p]` is a fresh array the caller owns, or None
     where the loss does not depend on `p`. `gs1 + gs2` and `gs * c` accumulate."""

@@ -178,6 +178,19 @@ def trace_update(ctx, opt, p, index, pnode, gnode, name):
     return [(pnode, new_x.node)] + [(st[k].node, new[k].node) for k in record.arrays]
 
 
+def input_array(ref, ps, opt, batch, captured):
+    """The array a graph input's `ref` names: ("data", i), ("param", i), ("captured", k) or
+    ("state", i, name) -- the one place that resolves them."""
+    kind = ref[0]
+    if kind == "data":
+        return batch[ref[1]]
+    if kind == "param":
+        return ps[ref[1]]
+    if kind == "captured":
+        return captured[ref[1]]
+    return opt.slot(ps[ref[1]]).arrays[ref[2]]
+
+
 def optimiser_description(opt):
     """What of an optimiser shapes the compiled step -- its rules (class and source), state and
     scalar names; not its hyperparameter values, which are runtime scalars: part of the key."""

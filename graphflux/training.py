@@ -13,11 +13,11 @@ from graphflux.compiler.errors import TraceError
 from graphflux.compiler.source import user_source_line
 from graphflux.compiler.tracer import TraceContext, current_context
 
-from .compiled import CompiledStep, check_optimiser
+from .compiled import CompiledStep, check_mode, check_optimiser
 from .eager_step import EagerStep
 import numpy as np
 
-from .errors import ArgumentError, NonFiniteLoss, UsageError
+from .errors import ArgumentError, NonFiniteLoss
 from .params import Params, as_params, params
 from .tracing import check_params
 
@@ -205,8 +205,7 @@ class _Progress:
 
 def train(loss, ps, data, opt, *, cb=None, mode="compiled", progress=None):
     """For each item d of data: loss(*d) (or loss(d)), gradient, update, callbacks."""
-    if mode not in ("compiled", "eager"):
-        raise UsageError(f"mode must be 'compiled' or 'eager', got {mode!r}")
+    check_mode(mode)
     callbacks = _callbacks(cb)
     check_optimiser(opt, allow=(OptState,))
     if _is_model(ps):          # explicit style: train(loss, model, data, setup(rule, model))
