@@ -17,8 +17,9 @@ optimiser state, running statistics and counters are never written from a non-fi
 import numpy as np
 from llvmlite import ir
 
+from . import thread_pool
 from . import transcendental as tr
-from .loops import I64, for_range, gep, i64
+from .loops import I64, for_range, gep, i64, smin
 from .matmul import SCRATCH_BYTES, declare_gemm, pack_elements
 from .ops import RANDOM_MIX
 from .scalar_library import declare as declare_scalar
@@ -80,14 +81,43 @@ class CpuBackend:
         return pa * dtype.itemsize, pb * dtype.itemsize, SCRATCH_BYTES
 
 
-def _kernel_function(module, name, n_buffers):
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * n_buffers), name=name)
+def _kernel_function(module, name, n_buffers, ranged=False):
+    """`void name(ptr buffers...)`, or with `ranged` `(ptr buffers..., i64 lo, i64 hi)`: the
+    kernel runs rows [lo, hi) of its first loop, so the thread pool can split it."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * n_buffers
+                                             + [I64] * (2 * ranged)), name=name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
-    for a in fn.args:
+    for a in fn.args[:n_buffers]:
         a.add_attribute("noalias")
     return fn
+
+
+MIN_SPLIT_ELEMENTS = 2048
+"""Kernels with fewer elements are never split and get no ranged entry point; above it the
+thread pool decides at run time from the measured cost of a hand-off (gf_pool_ways)."""
+SPLIT_ALIGN = 64
+"""Chunks of a one-loop kernel start at multiples of this, so each chunk's vector loop covers
+the elements it would cover in a serial run and only the last chunk has a scalar tail."""
+
+
+def iteration(kern):
+    """(loop shape, strides per layout, ranged) of a loop or finite-check kernel: its loops
+    after collapsing, and whether its first loop may be split into ranges -- large enough, and
+    every output moves along that loop, so chunks write disjoint elements (a reduction over
+    the first loop is not split: partial sums in a thread-dependent order would make the
+    result depend on the thread count)."""
+    cached = kern.__dict__.get("_iteration")
+    if cached is None:
+        layouts = kern.layouts() if kern.kind == "loop" else [kern.src]
+        source = kern.shape if kern.kind == "loop" else kern.src.shape
+        shape, strides = _collapse(source, [lay.strides for lay in layouts])
+        outputs = strides[len(kern.reads()):] if kern.kind == "loop" else []
+        ranged = (len(shape) > 0 and int(np.prod(shape, dtype=np.int64)) >= MIN_SPLIT_ELEMENTS
+                  and all(st[0] != 0 for st in outputs))
+        cached = kern._iteration = (shape, strides, ranged)
+    return cached
 
 
 def element_offset(b, start, indices, strides):
@@ -99,38 +129,41 @@ def element_offset(b, start, indices, strides):
     return off
 
 
-def loop_nest(b, shape, body):
-    """Nested counted loops over `shape`, calling `body(indices)` innermost."""
+def loop_nest(b, extents, body):
+    """Nested counted loops, one per (start, stop) of `extents` (plain sizes count from 0),
+    calling `body(indices)` innermost."""
+    extents = [e if isinstance(e, (tuple, list)) else (0, e) for e in extents]
+
     def nest(depth, indices):
-        if depth == len(shape):
+        if depth == len(extents):
             body(indices)
             return
-        for_range(b, 0, shape[depth], lambda i: nest(depth + 1, indices + [i]),
-                  name=f"d{depth}")
+        start, stop = extents[depth]
+        for_range(b, start, stop, lambda i: nest(depth + 1, indices + [i]), name=f"d{depth}")
     nest(0, [])
 
 
 def emit_loop_kernel(module, kern, name):
     ty = llvm_type(kern.dtype)
     buffers = kern.buffers()
-    layouts = kern.layouts()
-    fn = _kernel_function(module, name, len(buffers))
+    shape, strides, ranged = iteration(kern)
+    fn = _kernel_function(module, name, len(buffers), ranged)
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    shape, strides = _collapse(kern.shape, [lay.strides for lay in layouts])
     n_in = len(kern.inputs)
     if int(np.prod(kern.shape, dtype=np.int64)) == 0:
         b.ret_void()
         return fn
+    rows = fn.args[len(buffers):] if ranged else (0, shape[0] if shape else 1)
 
-    for lay, _, mode in kern.outputs:
+    for (lay, _, mode), st in zip(kern.outputs, strides[n_in:]):
         if mode in ("sum", "max"):
-            count = int(np.prod([s for s, st in zip(lay.shape, lay.strides) if st != 0],
-                                dtype=np.int64))
             init = ir.Constant(ty, 0.0 if mode == "sum" else -np.inf)
-            base = arg[id(lay.buffer)]
-            for_range(b, 0, count, lambda i, base=base, off=kern.relative(lay):
-                      b.store(init, gep(b, base, b.add(i, i64(off)), ty)), name="init")
+            base, off = arg[id(lay.buffer)], kern.relative(lay)
+            kept = [d for d in range(len(shape)) if st[d] != 0]
+            extents = [rows if d == 0 else (0, shape[d]) for d in kept]
+            loop_nest(b, extents, lambda idx, base=base, off=off, kept=kept, st=st: b.store(
+                init, gep(b, base, element_offset(b, off, idx, [st[d] for d in kept]), ty)))
 
     def body(indices):
         def offset(lay, st):
@@ -158,7 +191,7 @@ def emit_loop_kernel(module, kern, name):
                 v = tr.call(b, "maximum", ty, b.load(p, typ=ty), v)
             b.store(v, p)
 
-    loop_nest(b, shape, body)
+    loop_nest(b, [rows] + [(0, n) for n in shape[1:]] if shape else [], body)
     b.ret_void()
     return fn
 
@@ -196,17 +229,19 @@ def emit_random_kernel(module, kern, name):
 
 
 def emit_finite_check(module, kern, name):
-    """flag = sum of (x - x) over the gradient, accumulated in its own type (so the loop
-    vectorises like any sum) and stored as a double."""
+    """Sum (x - x) over the gradient's rows [lo, hi), accumulated in its own type (so the loop
+    vectorises like any sum), and store it into the flag (a double) only when it is not 0:
+    the step zeroes the flag first, and chunks running at once store nothing or NaN, in any
+    order, with the same outcome."""
     src = kern.src
     ty = llvm_type(src.dtype)
     buffers = kern.buffers()
-    fn = _kernel_function(module, name, len(buffers))
+    shape, (strides,), ranged = iteration(kern)
+    fn = _kernel_function(module, name, len(buffers), ranged)
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     acc = b.alloca(ty, name="acc")
     b.store(ir.Constant(ty, 0.0), acc)
-    shape, (strides,) = _collapse(src.shape, [src.strides])
 
     def body(indices):
         off = element_offset(b, kern.relative(src), indices, strides)
@@ -214,12 +249,19 @@ def emit_finite_check(module, kern, name):
         b.store(b.fadd(b.load(acc, typ=ty), b.fsub(x, x), flags=REDUCE_FLAGS), acc)
 
     if int(np.prod(src.shape, dtype=np.int64)):
-        loop_nest(b, shape, body)
+        rows = fn.args[len(buffers):] if ranged else (0, shape[0] if shape else 1)
+        loop_nest(b, [rows] + list(shape[1:]) if shape else [], body)
     total = b.load(acc, typ=ty)
     if not isinstance(ty, ir.DoubleType):
         total = b.fpext(total, ir.DoubleType())
-    b.store(total, gep(b, arg[id(kern.flag.buffer)], kern.relative(kern.flag),
-                       ir.DoubleType()))
+    bad, out = fn.append_basic_block("not_finite"), fn.append_basic_block("out")
+    b.cbranch(b.fcmp_unordered("!=", total, ir.Constant(ir.DoubleType(), 0.0)), bad, out)
+    b.position_at_end(bad)
+    thread_pool.store_atomic(b, total, gep(b, arg[id(kern.flag.buffer)],
+                                           kern.relative(kern.flag), ir.DoubleType()),
+                             "monotonic", 8)
+    b.branch(out)
+    b.position_at_end(out)
     b.ret_void()
     return fn
 
@@ -259,6 +301,7 @@ class _Body:
         self.bufs.name, self.scalars.name = "bufs", "scalars"
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.arena = self.b.load(gep(self.b, self.bufs, 0, PTR), typ=PTR, name="arena")
+        self.words, self.words_size = None, 0
 
     def base(self, buf):
         b = self.b
@@ -283,14 +326,68 @@ class _Body:
 
     def call_function(self, kern, emit):
         """Call the kernel's function with, for each buffer, a pointer to the first byte the
-        kernel touches (its code holds offsets relative to that, so it is shareable)."""
+        kernel touches (its code holds offsets relative to that, so it is shareable). A
+        ranged kernel is split across the thread pool when the pool says it pays."""
+        b = self.b
         origins = kern.origins()
-        args = [self.b.gep(self.base(buf), [i64(origins[id(buf)])], inbounds=True,
-                           source_etype=ir.IntType(8)) if origins[id(buf)] else self.base(buf)
+        args = [b.gep(self.base(buf), [i64(origins[id(buf)])], inbounds=True,
+                      source_etype=ir.IntType(8)) if origins[id(buf)] else self.base(buf)
                 for buf in kern.buffers()]
         fn = self.function(kern, emit)
         kern.function = fn.name          # shared by identical kernels: the listing says so
-        self.b.call(fn, args)
+        if len(fn.args) == len(args):
+            b.call(fn, args)
+            return
+        shape = iteration(kern)[0]
+        extent = shape[0]
+        ways = b.call(thread_pool.declare_ways(self.module),
+                      [i64(int(np.prod(shape, dtype=np.int64))),
+                       i64(thread_pool.WORK_KINDS.index("elements"))])
+        split, serial, after = (self.fn.append_basic_block(f"{kern.name}.{x}")
+                                for x in ("split", "serial", "after"))
+        b.cbranch(b.icmp_signed(">", ways, i64(1)), split, serial)
+        b.position_at_end(serial)
+        b.call(fn, args + [i64(0), i64(extent)])
+        b.branch(after)
+        b.position_at_end(split)
+        align = SPLIT_ALIGN if len(shape) == 1 else 1
+        per = b.sdiv(b.add(i64(extent), b.sub(ways, i64(1))), ways)
+        per = b.mul(b.sdiv(b.add(per, i64(align - 1)), i64(align)), i64(align))
+        chunks = b.sdiv(b.add(i64(extent), b.sub(per, i64(1))), per)
+        words = self.task_arguments(len(args) + 2)
+        for k, v in enumerate([b.ptrtoint(a, I64) for a in args] + [per, i64(extent)]):
+            b.store(v, gep(b, words, k, I64))
+        b.call(thread_pool.declare_run(self.module), [self.task(fn, len(args)), words, chunks])
+        b.branch(after)
+        b.position_at_end(after)
+
+    def task_arguments(self, n):
+        """An i64 array in this function's frame for a task's arguments (one per function,
+        as large as its largest task needs: tasks run one after another)."""
+        if self.words is None or self.words_size < n:
+            with self.b.goto_entry_block():
+                self.b.position_before(self.fn.entry_basic_block.instructions[0])
+                self.words = self.b.alloca(I64, size=max(n, 16), name="task_args")
+                self.words_size = max(n, 16)
+        return self.words
+
+    def task(self, fn, n_buffers):
+        """`void fn.task(ptr args, i64 chunk)`: rows [chunk * per, min(that + per, extent))
+        of `fn`, its buffers and (per, extent) read from `args`."""
+        name = fn.name + ".task"
+        if name in self.module.globals:
+            return self.module.globals[name]
+        task = ir.Function(self.module, thread_pool.TASK_TYPE, name=name)
+        task.linkage = "internal"
+        b = ir.IRBuilder(task.append_basic_block("entry"))
+        words, chunk = task.args
+        buffers = [b.inttoptr(b.load(gep(b, words, k, I64), typ=I64), PTR)
+                   for k in range(n_buffers)]
+        per, extent = (b.load(gep(b, words, n_buffers + k, I64), typ=I64) for k in range(2))
+        lo = b.mul(chunk, per)
+        b.call(fn, buffers + [lo, smin(b, b.add(lo, per), extent)])
+        b.ret_void()
+        return task
 
 
 def _call_gemm(body, kern):
@@ -303,10 +400,16 @@ def _call_gemm(body, kern):
                 + [i64(v) for v in kern.a.strides + kern.b.strides])
 
 
+def _call_finite_check(body, kern):
+    """The flag starts at 0 and the check's chunks store into it only what is not finite."""
+    body.b.store(ir.Constant(ir.DoubleType(), 0.0), body.at(kern.flag))
+    body.call_function(kern, emit_finite_check)
+
+
 EMITTERS = {
     "loop": lambda body, kern: body.call_function(kern, emit_loop_kernel),
     "random": lambda body, kern: body.call_function(kern, emit_random_kernel),
-    "finite_check": lambda body, kern: body.call_function(kern, emit_finite_check),
+    "finite_check": lambda body, kern: _call_finite_check(body, kern),
     "gemm": _call_gemm,
 }
 """kernel kind -> emits the kernel's call in the step (and its function, once per structure)."""

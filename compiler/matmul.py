@@ -7,6 +7,7 @@ in MR * NR/VW vector accumulators across the whole k loop, broadcasting one A el
 it against NR/VW vectors of B. With AVX2 float32 that is 6 x 16: 12 ymm accumulators."""
 from llvmlite import ir
 
+from . import thread_pool
 from .loops import I64, for_range, gep, i64, smin
 
 MR = 6
@@ -117,10 +118,10 @@ def _blocking(M, N, K, vw, is_f32):
 
 def pack_elements(M, N, K, vw, dtype, threads=1):
     """Elements of the packing buffers (A blocks, B blocks) the GEMM for these sizes needs:
-    one share per thread when the product is large enough to be split."""
+    one share per thread when the product is large enough that it may be split."""
     kc, nc, mc = _blocking(M, N, K, vw, dtype.itemsize == 4)
-    shares = threads if 2 * M * N * K >= PARALLEL_FLOPS and N >= M else 1
-    return min(shares, MAX_THREADS) * mc * kc, min(shares, MAX_THREADS) * kc * nc
+    shares = min(threads, MAX_THREADS) if 2 * M * N * K >= MIN_SPLIT_FLOPS else 1
+    return shares * mc * kc, shares * kc * nc
 
 
 def gemm_name(ty, vw):
@@ -129,7 +130,11 @@ def gemm_name(ty, vw):
 
 MAX_THREADS = 16
 N_ARGS = 14
-SCRATCH_BYTES = MAX_THREADS * (N_ARGS + 1) * 8   # thread arguments and ids
+SCRATCH_BYTES = MAX_THREADS * N_ARGS * 8   # each block's arguments
+MIN_SPLIT_FLOPS = 1 << 16
+"""Products below this never split (their packing buffers have one share); above it the thread
+pool decides at run time (compiler.thread_pool, gf_pool_ways) from the measured cost of a
+hand-off."""
 
 
 def _gemm_type():
@@ -154,67 +159,61 @@ def declare_gemm(module, ty, vw):
 
 
 def threads_symbol(ty, vw):
-    """The library's i64 global holding how many threads a large product may use."""
+    """The library's i64 global: how many shares of the packing buffers a step planned (the
+    most ways a product may be split)."""
     return gemm_name(ty, vw) + "_threads"
 
 
 def gemm_library(ty, vw):
-    """A module defining `void gemm(ptr A, ptr B, ptr C, ptr packA, ptr packB, i64 M, N, K,
-    sam, sak, sbk, sbn)`: C[M,N] (row-major, contiguous) = A[M,K] @ B[K,N], with A and B read at
-    element strides (sam, sak) and (sbk, sbn). One function serves every product of a dtype.
-    A product of at least PARALLEL_FLOPS is split into row or column blocks run on
-    `<name>_threads` threads (pthreads started and joined inside the call, so the step stays
-    one native call); each thread packs into its own share of the packing buffers."""
+    """A module defining `void gemm(ptr A, ptr B, ptr C, ptr packA, ptr packB, ptr scratch,
+    i64 M, N, K, sam, sak, sbk, sbn)`: C[M,N] (row-major, contiguous) = A[M,K] @ B[K,N], with
+    A and B read at element strides (sam, sak) and (sbk, sbn). One function serves every
+    product of a dtype. A product the thread pool says to split is cut into column blocks (or
+    row blocks when M > N: each block then packs all of B, the smaller operand), one per
+    thread, each packing into its own share of the packing buffers. Every element of C is
+    summed in the same order whatever the split, so the result does not depend on the threads."""
     module = ir.Module(name=gemm_name(ty, vw))
     serial = _define_gemm(module, gemm_name(ty, vw) + ".serial", ty, vw)
     _define_parallel(module, gemm_name(ty, vw), serial, ty, vw)
     return module
 
 
-PARALLEL_FLOPS = 1 << 27   # measured on this 2-vCPU VM: mlp-wide 11.4 -> 8.7 ms per step
-
-
 def _define_parallel(module, name, serial, ty, vw):
-    """gemm(...) = split the larger of M and N into `threads` blocks (multiples of the
-    register tile), run block 0 here and the rest on pthreads, join."""
+    """gemm(...) = ask the pool how many ways to split, write each block's arguments into the
+    scratch, and run the blocks as one pool task."""
     ptr = ir.PointerType()
     nr = 2 * vw
+    is_f32 = isinstance(ty, ir.FloatType)
     threads = ir.GlobalVariable(module, I64, name=threads_symbol(ty, vw))
     threads.initializer = i64(1)
-    create = ir.Function(module, ir.FunctionType(ir.IntType(32), [ptr, ptr, ptr, ptr]),
-                         name="pthread_create")
-    join = ir.Function(module, ir.FunctionType(ir.IntType(32), [I64, ptr]), name="pthread_join")
-    n_args = N_ARGS
-    worker = ir.Function(module, ir.FunctionType(ptr, [ptr]), name=name + ".worker")
-    worker.linkage = "internal"
-    wb = ir.IRBuilder(worker.append_basic_block("entry"))
-    pack = worker.args[0]
-    vals = []
-    for i in range(n_args):
-        slot = gep(wb, pack, i, I64)
-        vals.append(wb.load(slot, typ=ptr if i < 5 else I64))
-    wb.call(serial, vals)
-    wb.ret(ir.Constant(ptr, None))
+    task = ir.Function(module, thread_pool.TASK_TYPE, name=name + ".block")
+    task.linkage = "internal"
+    tb = ir.IRBuilder(task.append_basic_block("entry"))
+    base = tb.mul(task.args[1], i64(N_ARGS))
+    tb.call(serial, [tb.load(gep(tb, task.args[0], tb.add(base, i64(i)), I64),
+                             typ=ptr if i < 5 else I64) for i in range(N_ARGS)])
+    tb.ret_void()
 
     fn = ir.Function(module, _gemm_type(), name=name)
     A, B, C, PA, PB, scratch, M, N, K, sam, sak, sbk, sbn = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    t = b.load(threads, typ=I64)
     flops = b.mul(b.mul(b.mul(M, N), K), i64(2))
-    parallel = b.and_(b.icmp_signed(">", t, i64(1)), b.icmp_signed(">=", flops, i64(PARALLEL_FLOPS)))
-    # column blocks only: with row blocks each thread packs all of B, and that lost (measured)
-    parallel = b.and_(parallel, b.icmp_signed(">=", N, M))
+    ways = b.call(thread_pool.declare_ways(module),
+                  [flops, i64(thread_pool.WORK_KINDS.index("flops"))])
+    t = smin(b, smin(b, b.load(threads, typ=I64), ways), MAX_THREADS)
+    parallel = b.and_(b.icmp_signed(">", t, i64(1)),
+                      b.icmp_signed(">=", flops, i64(MIN_SPLIT_FLOPS)))
     par_bb, ser_bb = fn.append_basic_block("parallel"), fn.append_basic_block("serial")
     b.cbranch(parallel, par_bb, ser_bb)
     b.position_at_end(ser_bb)
-    b.call(serial, [A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, N,
-                    i64(NC[isinstance(ty, ir.FloatType)])])
+    b.call(serial, [A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, N, i64(NC[is_f32])])
     b.ret_void()
 
     b.position_at_end(par_bb)
-    pa_size, pb_size = _pack_sizes_ir(b, M, N, K, vw, isinstance(ty, ir.FloatType))
-    # threads may share a core's L2: each packs a B block 1/threads the usual size
-    nc_shared = b.mul(b.sdiv(b.sdiv(i64(NC[isinstance(ty, ir.FloatType)]), t), i64(nr)), i64(nr))
+    pa_size, pb_size = _pack_sizes_ir(b, M, N, K, vw, is_f32)
+    # the threads may share one core's L2 (two vCPUs of one core): each packs a B block
+    # 1/t of the usual size, so all of them fit at once
+    nc_shared = b.mul(b.sdiv(b.sdiv(i64(NC[is_f32]), t), i64(nr)), i64(nr))
     nc_shared = b.select(b.icmp_signed("<", nc_shared, i64(nr)), i64(nr), nc_shared)
     by_cols = b.icmp_signed(">=", N, M)
     unit = b.select(by_cols, i64(nr), i64(MR))
@@ -222,9 +221,6 @@ def _define_parallel(module, name, serial, ty, vw):
     units = b.sdiv(b.add(extent, b.sub(unit, i64(1))), unit)
     per = b.mul(b.sdiv(b.add(units, b.sub(t, i64(1))), t), unit)   # block length
     count = b.sdiv(b.add(extent, b.sub(per, i64(1))), per)          # blocks actually used
-    args = scratch                       # N_ARGS words per thread, then the thread ids
-    tids = gep(b, scratch, MAX_THREADS * n_args, I64)
-    count = smin(b, count, MAX_THREADS)
 
     def block_args(i):
         start = b.mul(i, per)
@@ -238,19 +234,11 @@ def _define_parallel(module, name, serial, ty, vw):
                 gep(b, PA, b.mul(i, pa_size), ty), gep(b, PB, b.mul(i, pb_size), ty),
                 m, n, K, sam, sak, sbk, sbn, N, nc_shared]
 
-    def spawn(i):
-        vals = block_args(i)
-        base = b.mul(i, i64(n_args))
-        for k, v in enumerate(vals):
-            b.store(v, gep(b, args, b.add(base, i64(k)), I64))
-        b.call(create, [gep(b, tids, i, I64), ir.Constant(ptr, None), worker,
-                        gep(b, args, base, I64)])
-    for_range(b, 1, count, spawn, name="spawn")
-    b.call(serial, block_args(i64(0)))
-
-    def wait(i):
-        b.call(join, [b.load(gep(b, tids, i, I64), typ=I64), ir.Constant(ptr, None)])
-    for_range(b, 1, count, wait, name="join")
+    def write_args(i):
+        for k, v in enumerate(block_args(i)):
+            b.store(v, gep(b, scratch, b.add(b.mul(i, i64(N_ARGS)), i64(k)), I64))
+    for_range(b, 0, count, write_args, name="block")
+    b.call(thread_pool.declare_run(module), [task, scratch, count])
     b.ret_void()
     return fn
 
@@ -264,8 +252,28 @@ def _pack_sizes_ir(b, M, N, K, vw, is_f32):
     return b.mul(mc, kc), b.mul(kc, nc)
 
 
+def _full_or_edge(b, full, contiguous, kc, per_k, contiguous_rows, name):
+    """Pack one panel: without bounds checks when it lies inside the matrix (every panel but
+    the last; with whole vectors when its rows are also contiguous), else with the checks
+    that zero-fill past the edge."""
+    with b.if_else(full) as (inside, edge):
+        with inside:
+            if contiguous is None:
+                for_range(b, 0, kc, lambda k: per_k(k, False), name=name)
+            else:
+                with b.if_else(contiguous) as (dense, strided):
+                    with dense:
+                        for_range(b, 0, kc, contiguous_rows, name=name + "v")
+                    with strided:
+                        for_range(b, 0, kc, lambda k: per_k(k, False), name=name)
+        with edge:
+            for_range(b, 0, kc, lambda k: per_k(k, True), name=name + "e")
+
+
 def _define_gemm(module, name, ty, vw):
     nr = 2 * vw
+    vty = ir.VectorType(ty, vw)
+    align = 8 if isinstance(ty, ir.DoubleType) else 4
     mc_cap = MC
     uk = _micro_kernel(module, name + ".uk", ty, vw)
     fn = ir.Function(module, _serial_type(), name=name)
@@ -288,17 +296,27 @@ def _define_gemm(module, name, ty, vw):
             npanels = b.sdiv(b.add(nc, i64(nr - 1)), i64(nr))
 
             def pack_b(q):
-                def pack_b_k(k):
+                col0 = b.add(jc, b.mul(q, i64(nr)))
+
+                def pack_b_k(k, checked):
                     src_row = b.mul(b.add(pc, k), sbk)
                     base = b.mul(b.add(b.mul(q, kc), k), i64(nr))
-                    col0 = b.add(jc, b.mul(q, i64(nr)))
                     for cc in range(nr):
                         col = b.add(col0, i64(cc))
-                        ok = b.icmp_signed("<", col, N)
-                        colc = b.select(ok, col, n_last)
+                        ok = b.icmp_signed("<", col, N) if checked else None
+                        colc = b.select(ok, col, n_last) if checked else col
                         v = b.load(gep(b, B, b.add(src_row, b.mul(colc, sbn)), ty), typ=ty)
-                        b.store(b.select(ok, v, zero), gep(b, PB, b.add(base, i64(cc)), ty))
-                for_range(b, 0, kc, pack_b_k, name="pbk")
+                        b.store(b.select(ok, v, zero) if checked else v,
+                                gep(b, PB, b.add(base, i64(cc)), ty))
+
+                def pack_b_rows(k):
+                    src = gep(b, B, b.add(b.mul(b.add(pc, k), sbk), col0), ty)
+                    dst = gep(b, PB, b.mul(b.add(b.mul(q, kc), k), i64(nr)), ty)
+                    for half in range(2):
+                        v = b.load(gep(b, src, half * vw, ty), typ=vty, align=align)
+                        b.store(v, gep(b, dst, half * vw, ty), align=align)
+                _full_or_edge(b, b.icmp_signed("<=", b.add(col0, i64(nr)), N), b.icmp_signed(
+                    "==", sbn, i64(1)), kc, pack_b_k, pack_b_rows, "pbk")
             for_range(b, 0, npanels, pack_b, name="pbq")
 
             def ic_body(ic):
@@ -308,16 +326,18 @@ def _define_gemm(module, name, ty, vw):
                 def pack_a(p):
                     row0 = b.add(ic, b.mul(p, i64(MR)))
 
-                    def pack_a_k(k):
+                    def pack_a_k(k, checked):
                         src_col = b.mul(b.add(pc, k), sak)
                         base = b.mul(b.add(b.mul(p, kc), k), i64(MR))
                         for r in range(MR):
                             row = b.add(row0, i64(r))
-                            ok = b.icmp_signed("<", row, M)
-                            rowc = b.select(ok, row, m_last)
+                            ok = b.icmp_signed("<", row, M) if checked else None
+                            rowc = b.select(ok, row, m_last) if checked else row
                             v = b.load(gep(b, A, b.add(b.mul(rowc, sam), src_col), ty), typ=ty)
-                            b.store(b.select(ok, v, zero), gep(b, PA, b.add(base, i64(r)), ty))
-                    for_range(b, 0, kc, pack_a_k, name="pak")
+                            b.store(b.select(ok, v, zero) if checked else v,
+                                    gep(b, PA, b.add(base, i64(r)), ty))
+                    _full_or_edge(b, b.icmp_signed("<=", b.add(row0, i64(MR)), M), None, kc,
+                                  pack_a_k, None, "pak")
                 for_range(b, 0, mpanels, pack_a, name="pap")
 
                 def jr_body(q):

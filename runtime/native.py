@@ -47,6 +47,8 @@ class NativeStep:
     that could call into the freed code (measured: 200 steps dropped, 200 engines freed)."""
 
     def __init__(self, objects, symbol, n_slots, arena_bytes, n_scalars, thread_settings=None):
+        from .pool import pool
+        pool()                               # its symbols resolve the step's calls into it
         empty = llvm.parse_assembly("")      # the global context: an empty module interns nothing
         empty.name = symbol + ".loader"
         self._engine = engine = llvm.create_mcjit_compiler(empty, new_target_machine())
