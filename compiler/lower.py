@@ -96,7 +96,7 @@ def _kernel_function(module, name, n_buffers, ranged=False):
 
 MIN_SPLIT_ELEMENTS = 2048
 """Kernels with fewer elements are never split and get no ranged entry point; above it the
-thread pool decides at run time from the measured cost of a hand-off (gf_pool_ways)."""
+thread pool decides at run time from the measured cost of a split (gf_pool_ways)."""
 SPLIT_ALIGN = 64
 """Chunks of a one-loop kernel start at multiples of this, so each chunk's vector loop covers
 the elements it would cover in a serial run and only the last chunk has a scalar tail."""
@@ -127,6 +127,13 @@ def element_offset(b, start, indices, strides):
         if st:
             off = b.add(off, b.mul(i, i64(st)))
     return off
+
+
+def split_bytes(kern):
+    """The data a split of `kern` may have to move between the cores (gf_pool_ways): what it
+    writes, and half of what it reads -- inputs the other core only read are in both caches."""
+    return sum(lay.nbytes() for lay in kern.writes()) + \
+        sum(lay.nbytes() for lay in kern.reads()) // 2
 
 
 def loop_nest(b, extents, body):
@@ -341,7 +348,7 @@ class _Body:
         shape = iteration(kern)[0]
         extent = shape[0]
         ways = b.call(thread_pool.declare_ways(self.module),
-                      [i64(int(np.prod(shape, dtype=np.int64))),
+                      [i64(int(np.prod(shape, dtype=np.int64))), i64(split_bytes(kern)),
                        i64(thread_pool.WORK_KINDS.index("elements"))])
         split, serial, after = (self.fn.append_basic_block(f"{kern.name}.{x}")
                                 for x in ("split", "serial", "after"))

@@ -134,7 +134,7 @@ SCRATCH_BYTES = MAX_THREADS * N_ARGS * 8   # each block's arguments
 MIN_SPLIT_FLOPS = 1 << 16
 """Products below this never split (their packing buffers have one share); above it the thread
 pool decides at run time (compiler.thread_pool, gf_pool_ways) from the measured cost of a
-hand-off."""
+split."""
 
 
 def _gemm_type():
@@ -198,8 +198,10 @@ def _define_parallel(module, name, serial, ty, vw):
     A, B, C, PA, PB, scratch, M, N, K, sam, sak, sbk, sbn = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     flops = b.mul(b.mul(b.mul(M, N), K), i64(2))
+    size = 4 if is_f32 else 8
+    data = b.mul(b.add(b.mul(M, N), b.sdiv(b.add(b.mul(M, K), b.mul(K, N)), i64(2))), i64(size))
     ways = b.call(thread_pool.declare_ways(module),
-                  [flops, i64(thread_pool.WORK_KINDS.index("flops"))])
+                  [flops, data, i64(thread_pool.WORK_KINDS.index("flops"))])
     t = smin(b, smin(b, b.load(threads, typ=I64), ways), MAX_THREADS)
     parallel = b.and_(b.icmp_signed(">", t, i64(1)),
                       b.icmp_signed(">=", flops, i64(MIN_SPLIT_FLOPS)))

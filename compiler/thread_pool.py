@@ -2,7 +2,7 @@
 syscall), so a step splits a kernel across cores with one native call and no Python.
 
     i64  gf_pool_start(i64 threads)       start threads - 1 workers (once); returns workers
-    i64  gf_pool_ways(i64 work, i64 kind) how many ways to split `work` (1: run it serially)
+    i64  gf_pool_ways(i64 work, i64 bytes, i64 kind)  how many ways to split a kernel (1: don't)
     void gf_pool_run(task, ptr args, i64 n)  task(args, chunk) for every chunk in [0, n)
     void gf_pool_stop()                   stop and join the workers
 
@@ -20,9 +20,16 @@ closed counter (no chunks left) for the new epoch, so a worker still looking at 
 can not claim a chunk of the new one with the old task's size. The caller runs chunks too, then
 spins (and at last sleeps) until every chunk is done.
 
-`gf_pool_ways` is where the run-time decision to split lives: the thresholds in
-`gf_pool_min_work` (one per kind of work) are set by the runtime from the measured cost of a
-hand-off on this machine, so they are neither baked into a step nor part of its cache key."""
+`gf_pool_ways` is where the run-time decision to split lives, from a cost model whose
+constants the runtime measures on this machine at start (graphflux.runtime.pool): a split
+saves the other threads' share of the kernel's serial time (its work at a fast rate), and costs
+a fixed price (the hand-off and the first cache misses) plus the cache lines of its data the
+other core has to fetch (`bytes`, capped at a private cache's size: data larger than that
+streams from the shared cache whoever reads it). Moving lines between the cores is what makes
+small splits lose (measured: 13-40 ns a line, against 0.2 us for the hand-off itself). The
+constants live in globals, so they are neither baked into a step nor part of its cache key.
+`gf_pool_policy` overrides the model for tests and benchmarks: 1 splits everything the step
+offers, 2 nothing."""
 import platform
 
 from llvmlite import ir
@@ -37,6 +44,7 @@ TASK_TYPE = ir.FunctionType(VOID, [PTR, I64])
 MAX_WORKERS = 63
 WORK_KINDS = ("elements", "flops")
 """What `work` counts for gf_pool_ways: elements of a loop kernel, or a product's flops."""
+POLICIES = ("model", "split", "serial")
 
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98}
 FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
@@ -45,10 +53,6 @@ LIBRARY_NAME = "gf_pool"
 
 def symbol(name):
     return f"{LIBRARY_NAME}_{name}"
-
-
-def declare_ways(module):
-    return _declare(module, "ways", ir.FunctionType(I64, [I64, I64]))
 
 
 def declare_run(module):
@@ -99,7 +103,12 @@ class _Pool:
         self.dispatches = self.word("dispatches", I64, align=8)    # tasks run by the pool
         self.spin_cycles = self.word("spin_cycles", I64, 1 << 20, align=8)
         self.wait_cycles = self.word("wait_cycles", I64, 1 << 22, align=8)
-        self.min_work = self.word("min_work", ir.ArrayType(I64, len(WORK_KINDS)), align=8)
+        self.ps_per_work = self.word("ps_per_work", ir.ArrayType(I64, len(WORK_KINDS)),
+                                     align=8)
+        self.fixed_ps = self.word("fixed_ps", I64, align=8)
+        self.line_ps = self.word("line_ps", I64, align=8)
+        self.cache_bytes = self.word("cache_bytes", I64, align=8)
+        self.policy = self.word("policy", I64, align=8)
         self.tids = self.word("tids", ir.ArrayType(I64, MAX_WORKERS), align=8)
         self.syscall = ir.Function(m, ir.FunctionType(I64, [I64], var_arg=True), name="syscall")
         self.clock = m.declare_intrinsic("llvm.readcyclecounter", (), ir.FunctionType(I64, []))
@@ -293,13 +302,30 @@ def _run(p, work):
 
 
 def _ways(p):
-    """work >= min_work[kind] and workers running: split workers + 1 ways; else 1."""
-    fn, b = p.function("ways", I64, [I64, I64])
-    work, kind = fn.args
-    threshold = b.load(b.gep(p.min_work, [c64(0), kind], inbounds=True), typ=I64)
+    """workers + 1 if splitting `work` (with `bytes` of data) saves 1.5 times what it costs,
+    else 1. The margin covers the model's blind spots (measured on small products: splits
+    the model called even lost up to 20%)."""
+    fn, b = p.function("ways", I64, [I64, I64, I64])
+    work, nbytes, kind = fn.args
     workers = b.load(p.workers, typ=I64)
-    split = b.and_(b.icmp_signed(">", workers, c64(0)), b.icmp_signed(">=", work, threshold))
-    b.ret(b.select(split, b.add(workers, c64(1)), c64(1)))
+    ways = b.add(workers, c64(1))
+    serial = b.mul(work, b.load(b.gep(p.ps_per_work, [c64(0), kind], inbounds=True), typ=I64))
+    saving = b.sub(serial, b.udiv(serial, ways))
+    share = b.udiv(b.mul(nbytes, workers), ways)
+    cache = b.load(p.cache_bytes, typ=I64)
+    share = b.select(b.icmp_unsigned("<", share, cache), share, cache)
+    cost = b.add(b.load(p.fixed_ps, typ=I64),
+                 b.mul(b.udiv(share, c64(64)), b.load(p.line_ps, typ=I64)))
+    policy = b.load(p.policy, typ=I64)
+    split = b.select(b.icmp_unsigned("==", policy, c64(POLICIES.index("model"))),
+                     b.icmp_unsigned(">", b.mul(saving, c64(2)), b.mul(cost, c64(3))),
+                     b.icmp_unsigned("==", policy, c64(POLICIES.index("split"))))
+    split = b.and_(split, b.icmp_signed(">", workers, c64(0)))
+    b.ret(b.select(split, ways, c64(1)))
+
+
+def declare_ways(module):
+    return _declare(module, "ways", ir.FunctionType(I64, [I64, I64, I64]))
 
 
 def _start(p, worker):
@@ -368,6 +394,52 @@ def _calibration(p, run):
         b.store(b.sub(b.call(p.clock, []), start), b.gep(out, [i], inbounds=True,
                                                          source_etype=I64))
     for_range(b, 0, reps, once, name="rep")
+    b.ret_void()
+    _transfer_probe(p, run, meet)
+
+
+def _transfer_probe(p, run, meet):
+    """gf_pool_time_transfer(ptr buf, i64 bytes, i64 caller_writes, ptr out, i64 reps): the
+    cycles of `reps` rounds of "one thread writes `bytes` of `buf`, then the caller reads them
+    all"; the writer is the caller itself (caller_writes = 1) or the worker (0). The difference
+    is what moving those cache lines between the cores costs, the price of splitting a kernel
+    whose data the other core has just touched."""
+    self_id = ir.Function(p.m, ir.FunctionType(I64, []), name="pthread_self")
+    touch, b = p.function("touch", VOID, [PTR, I64], internal=True)
+    words, chunk = touch.args
+    field = [b.gep(words, [c64(k)], inbounds=True, source_etype=I64) for k in range(5)]
+    b.call(meet, [field[0], chunk])
+    is_caller = b.zext(b.icmp_unsigned("==", b.call(self_id, []), b.load(field[4], typ=I64)),
+                       I64)
+    write, out = touch.append_basic_block("write"), touch.append_basic_block("out")
+    b.cbranch(b.icmp_unsigned("==", is_caller, b.load(field[3], typ=I64)), write, out)
+    b.position_at_end(write)
+    buf = b.inttoptr(b.load(field[1], typ=I64), PTR)
+    for_range(b, 0, b.udiv(b.load(field[2], typ=I64), c64(8)), lambda i: b.store(
+        i, b.gep(buf, [i], inbounds=True, source_etype=I64)), name="w")
+    b.branch(out)
+    b.position_at_end(out)
+    b.ret_void()
+
+    fn, b = p.function("time_transfer", VOID, [PTR, I64, I64, PTR, I64])
+    buf, nbytes, caller_writes, out, reps = fn.args
+    words = b.alloca(I64, size=5)
+    for k, v in enumerate([c64(0), b.ptrtoint(buf, I64), nbytes, caller_writes,
+                           b.call(self_id, [])]):
+        b.store(v, b.gep(words, [c64(k)], inbounds=True, source_etype=I64))
+    total = b.alloca(I64)
+    b.store(c64(0), total)
+
+    def once(i):
+        start = b.call(p.clock, [])
+        b.call(run, [touch, words, c64(2)])
+        for_range(b, 0, b.udiv(nbytes, c64(8)), lambda j: b.store(b.add(b.load(total, typ=I64), b.load_atomic(
+            b.gep(buf, [j], inbounds=True, source_etype=I64), "monotonic", 8, typ=I64)), total),
+            name="r")
+        b.store(b.sub(b.call(p.clock, []), start), b.gep(out, [i], inbounds=True,
+                                                         source_etype=I64))
+    for_range(b, 0, reps, once, name="rep")
+    b.store(b.load(total, typ=I64), b.gep(out, [reps], inbounds=True, source_etype=I64))
     b.ret_void()
 
 

@@ -2,10 +2,10 @@
 step's engine, and kept until the interpreter exits.
 
 Every step engine resolves `gf_pool_run` and `gf_pool_ways` against this one copy (registered
-with `llvm.add_symbol`), so all steps share one set of workers. At start the pool times a
-hand-off to a worker on this machine and sets the split thresholds from it: a kernel is split
-when its serial time, estimated from its size at a deliberately fast rate, is several
-hand-offs long (`SPLIT_MARGIN`), so a split is only made where it surely pays."""
+with `llvm.add_symbol`), so all steps share one set of workers. At start the pool measures,
+on this machine, what a split costs -- a hand-off to a worker, and moving cache lines that
+one core wrote to the other -- and gives those figures to the split decision (gf_pool_ways).
+About 10 ms, once per process."""
 import atexit
 import contextlib
 import ctypes
@@ -24,11 +24,11 @@ WAIT_SECONDS = 2e-3
 """The dispatcher spins this long for the workers' chunks before it sleeps on the futex."""
 FAST_RATES = {"elements": 4.0, "flops": 60.0}
 """Work per nanosecond on one core, at the fast end of what kernels reach here (AVX2
-elementwise kernels, and the GEMM's micro-kernel): estimating a kernel's time at these rates
-under-estimates it, so the split decision errs towards running serially."""
-SPLIT_MARGIN = {"elements": 8, "flops": 16}
-"""A kernel splits when its estimated serial time is at least this many hand-offs. The GEMM's
-margin is larger: each block packs its own copy of the shared operand."""
+elementwise kernels, and the GEMM's micro-kernel): estimating a kernel's serial time at these
+rates under-estimates it, so the split decision errs towards running serially."""
+PROBE_BYTES = (16 << 10, 128 << 10)
+"""The two amounts of data whose move between the cores is timed: the cost of a split is
+fitted as fixed + per line from them (measured on a 2-core EPYC VM: 4-5 us + 13 ns a line)."""
 
 _lock = threading.Lock()
 _pool = None
@@ -51,17 +51,23 @@ class ThreadPool:
         self._stop = ctypes.CFUNCTYPE(None)(self._function("stop"))
         self._time = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)(
             self._function("time_handoffs"))
+        self._transfer = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                          ctypes.c_void_p, ctypes.c_int64)(
+            self._function("time_transfer"))
         from .native import cycle_counter_hz
-        self.hz = cycle_counter_hz(0.01)   # 1% is plenty for spin budgets and thresholds
+        self.hz = cycle_counter_hz(0.01)   # 1% is plenty for spin budgets
         self._word("spin_cycles").value = int(SPIN_SECONDS * self.hz)
         self._word("wait_cycles").value = int(WAIT_SECONDS * self.hz)
         self.threads = threads
         self.workers = self._start(threads)
-        self.handoff_ns = self._calibrate() if self.workers else float("inf")
-        self.min_work = {}
-        for kind in thread_pool.WORK_KINDS:
-            self._set_min_work(kind, min(self.handoff_ns * SPLIT_MARGIN[kind] * FAST_RATES[kind],
-                                         2 ** 62))
+        self.cache_bytes = _private_cache_bytes()
+        self.handoff_ns, self.fixed_ns, self.line_ns = self._calibrate() if self.workers \
+            else (0.0, 0.0, 0.0)
+        for k, kind in enumerate(thread_pool.WORK_KINDS):
+            self._word("ps_per_work", k).value = int(round(1000 / FAST_RATES[kind]))
+        self._word("fixed_ps").value = int(self.fixed_ns * 1000)
+        self._word("line_ps").value = int(self.line_ns * 1000)
+        self._word("cache_bytes").value = self.cache_bytes
         atexit.register(self.stop)
         os.register_at_fork(after_in_child=self._forget_workers)
 
@@ -75,11 +81,29 @@ class ThreadPool:
         base = self._engine.get_global_value_address(thread_pool.symbol(name))
         return ctypes.c_int64.from_address(base + 8 * index)
 
-    def _calibrate(self, reps=400):
-        """Median cycles of a hand-off to a spinning worker, in nanoseconds."""
-        out = np.zeros(reps, dtype=np.int64)
+    def _calibrate(self, reps=200):
+        """(hand-off, fixed cost of a split, cost per cache line moved), in ns: the median of
+        `reps` two-chunk tasks whose chunks wait for each other (so the worker really takes
+        part), and a fit of moving PROBE_BYTES from the worker to the caller, less the same
+        writes and reads made by the caller alone."""
+        out = np.zeros(reps + 1, dtype=np.int64)
         self._time(out.ctypes.data, reps)
-        return float(np.median(out[reps // 4:])) / self.hz * 1e9
+        handoff = self._ns(out[reps // 4:reps])
+        moved = []
+        for nbytes in PROBE_BYTES:
+            buf = np.zeros(nbytes // 8, dtype=np.int64)
+            cost = {}
+            for caller_writes in (1, 0):
+                self._transfer(buf.ctypes.data, nbytes, caller_writes, out.ctypes.data, reps)
+                cost[caller_writes] = self._ns(out[reps // 4:reps])
+            moved.append(max(cost[0] - cost[1], 0.0))
+        lines = [n / 64 for n in PROBE_BYTES]
+        per_line = max((moved[1] - moved[0]) / (lines[1] - lines[0]), 0.0)
+        fixed = max(moved[0] - per_line * lines[0], handoff)
+        return handoff, fixed, per_line
+
+    def _ns(self, cycles):
+        return float(np.median(cycles)) / self.hz * 1e9
 
     def stop(self):
         """Join the workers (at exit: their code must not be unmapped under them)."""
@@ -100,27 +124,36 @@ class ThreadPool:
         return self._word("dispatches").value
 
     @contextlib.contextmanager
-    def thresholds(self, **min_work):
-        """Split work of at least these sizes (`elements=`, `flops=`) for the duration: tests
-        force small, awkward kernels through the threaded path with `elements=0, flops=0`."""
-        old = dict(self.min_work)
+    def policy(self, name):
+        """Override the split decision for the duration: "split" splits every kernel the step
+        offers to split, "serial" none, "model" is the default. Tests run the same compiled
+        code both ways with it; benchmarks time one core against the pool's choice."""
+        word = self._word("policy")
+        old = word.value
+        word.value = thread_pool.POLICIES.index(name)
         try:
-            for kind, value in min_work.items():
-                self._set_min_work(kind, value)
             yield self
         finally:
-            for kind, value in old.items():
-                self._set_min_work(kind, value)
-
-    def _set_min_work(self, kind, value):
-        self.min_work[kind] = int(value)
-        self._word("min_work", thread_pool.WORK_KINDS.index(kind)).value = int(value)
+            word.value = old
 
     def settings(self):
         """What the pool decided on this machine: for `graphflux bench` and the README."""
-        return {"threads": self.workers + 1, "handoff_us": self.handoff_ns / 1e3,
-                "min_elements": self.min_work["elements"],
-                "min_gemm_flops": self.min_work["flops"]}
+        return {"threads": self.workers + 1, "handoff_us": round(self.handoff_ns / 1e3, 3),
+                "split_fixed_us": round(self.fixed_ns / 1e3, 2),
+                "ns_per_line_moved": round(self.line_ns, 1), "private_cache_kib":
+                self.cache_bytes >> 10}
+
+
+def _private_cache_bytes(default=512 << 10):
+    """The size of one core's own largest cache (L2), from sysfs: a kernel's data beyond it
+    streams from the shared cache whichever core reads it."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            text = f.read().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1)
+        return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        return default
 
 
 def pool():

@@ -171,7 +171,7 @@ def test_products_split_across_threads_give_bitwise_the_serial_numbers(monkeypat
         monkeypatch.setenv("GRAPHFLUX_NUM_THREADS", threads)
         graph, nodes, captured = trace_outputs(
             lambda a, b: {"c": ops.matmul(a, b, tb=True)}, inputs)
-        with pool().thresholds(flops=0):
+        with pool().policy("split"):
             before = pool().dispatches()
             native, reference, art = run_both(graph, nodes, inputs, captured)
             shared = pool().dispatches() - before

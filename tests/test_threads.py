@@ -3,10 +3,9 @@
 stops the update, concurrent dispatchers and a forked child neither hang nor mix tasks.
 
 Kernels below the static floors (compiler.lower.MIN_SPLIT_ELEMENTS, matmul.MIN_SPLIT_FLOPS)
-never split; above them the pool decides at run time. `pool().thresholds(elements=0, flops=0)`
-splits everything above the floors, `elements=2**62, flops=2**62` nothing, so each test runs
-the same compiled code both ways in one process and counts the pool's dispatches to know the
-split happened."""
+never split; above them the pool decides at run time. `pool().policy("split")` splits
+everything above the floors, `policy("serial")` nothing, so each test runs the same compiled
+code both ways in one process and counts the pool's dispatches to know the split happened."""
 import os
 import signal
 import threading
@@ -18,13 +17,12 @@ import graphflux as gf
 from graphflux.compiler.lower import MIN_SPLIT_ELEMENTS
 from graphflux.runtime.pool import pool
 
-SPLIT = dict(elements=0, flops=0)
-SERIAL = dict(elements=2 ** 62, flops=2 ** 62)
+SPLIT, SERIAL = "split", "serial"
 
 
-def run_counted(f, *args, **thresholds):
+def run_counted(f, *args, policy):
     """(result, dispatches the pool shared while computing it)."""
-    with pool().thresholds(**thresholds):
+    with pool().policy(policy):
         before = pool().dispatches()
         out = f(*args)
         return out, pool().dispatches() - before
@@ -37,12 +35,12 @@ def assert_split(shared):
         assert shared == 0
 
 
-def test_the_pool_measured_a_hand_off_and_set_thresholds_from_it():
+def test_the_pool_measured_what_a_split_costs_here():
     s = pool().settings()
     assert s["threads"] == pool().workers + 1 >= 1
     if pool().workers:
-        assert 0 < s["handoff_us"] < 1000
-        assert 0 < s["min_elements"] < 2 ** 62 and 0 < s["min_gemm_flops"] < 2 ** 62
+        assert 0 < s["handoff_us"] <= s["split_fixed_us"] < 10_000
+        assert s["ns_per_line_moved"] >= 0 and s["private_cache_kib"] > 0
 
 
 @pytest.mark.parametrize("shape", [(4099,), (67, 41), (3, 1031), (2053, 1)])
@@ -59,9 +57,9 @@ def test_split_elementwise_and_row_reductions_match_the_serial_run_bitwise(shape
         h = gf.tanh(x * 1.5 + bias)
         return gf.exp(h) / gf.sum(gf.exp(h), axis=-1, keepdims=True)
 
-    serial, shared = run_counted(f, x, bias, **SERIAL)
+    serial, shared = run_counted(f, x, bias, policy=SERIAL)
     assert shared == 0
-    split, shared = run_counted(f, x, bias, **SPLIT)
+    split, shared = run_counted(f, x, bias, policy=SPLIT)
     assert_split(shared)
     assert np.asarray(split).tobytes() == np.asarray(serial).tobytes()
     h = np.tanh(x.astype(np.float64) * 1.5 + bias)
@@ -87,11 +85,11 @@ def test_a_training_step_split_everywhere_gives_the_serial_parameters_bitwise():
     finite checks by ranges: three Adam steps, the same bits as with nothing split."""
     x, y = _data()
     results = []
-    for thresholds in (SERIAL, SPLIT):
+    for policy in (SERIAL, SPLIT):
         m = _model(3)
         step = gf.compile(lambda x, y: gf.losses.logitcrossentropy(m(x), y), gf.params(m),
                           gf.Adam(1e-2))
-        losses, shared = run_counted(lambda: [step(x, y) for _ in range(3)], **thresholds)
+        losses, shared = run_counted(lambda: [step(x, y) for _ in range(3)], policy=policy)
         results.append((losses, [p.copy() for p in gf.params(m)], shared))
     (l1, p1, s1), (l2, p2, s2) = results
     assert s1 == 0
@@ -112,7 +110,7 @@ def test_a_split_finite_check_finds_a_nan_in_any_chunk_and_nothing_is_written():
     for i in (0, 2100, 4098):                      # first, middle and last chunk
         bad = x.copy()
         bad[i] = 0.0
-        with pool().thresholds(**SPLIT), pytest.raises(gf.NonFiniteLoss) as err:
+        with pool().policy(SPLIT), pytest.raises(gf.NonFiniteLoss) as err:
             step(bad)
         assert "gradient" in str(err.value)
         assert w.tobytes() == before.tobytes()
@@ -127,7 +125,7 @@ def test_two_python_threads_running_split_steps_at_once_get_the_serial_numbers()
         m = _model(10 + k)
         step = gf.compile(lambda x, y, m=m: gf.losses.logitcrossentropy(m(x), y),
                           gf.params(m), gf.Descent(0.05))
-        with pool().thresholds(**SERIAL):
+        with pool().policy(SERIAL):
             expected[k] = [step(x, y) for _ in range(30)]
     steps = []
     for k in range(2):
@@ -144,7 +142,7 @@ def test_two_python_threads_running_split_steps_at_once_get_the_serial_numbers()
             got[k] = [steps[k](x, y) for _ in range(30)]
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
-    with pool().thresholds(**SPLIT):
+    with pool().policy(SPLIT):
         threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(2)]
         for t in threads:
             t.start()
@@ -161,7 +159,7 @@ def test_a_forked_child_runs_steps_serially_instead_of_waiting_for_missing_worke
     m = _model(5)
     step = gf.compile(lambda x, y: gf.losses.logitcrossentropy(m(x), y), gf.params(m),
                       gf.Descent(0.1))
-    with pool().thresholds(**SERIAL):
+    with pool().policy(SERIAL):
         expected = step(x, y)
     m2 = _model(5)
     step2 = gf.compile(lambda x, y: gf.losses.logitcrossentropy(m2(x), y), gf.params(m2),
@@ -171,7 +169,7 @@ def test_a_forked_child_runs_steps_serially_instead_of_waiting_for_missing_worke
     if pid == 0:                                  # the child: no workers exist here
         signal.alarm(60)
         try:
-            with pool().thresholds(**SPLIT):
+            with pool().policy(SPLIT):
                 ok = step2(x, y) == expected and pool().workers == 0
         finally:
             os._exit(0 if ok else 1)
