@@ -70,6 +70,15 @@ class Kernel:
     while the kernel runs; `structure` is everything its emitted code depends on except which
     buffers it is given, so structurally identical kernels share one function."""
     kind = ""
+    batch = ()
+    """Which of `dimensions()` are the batch length, run to the run-time length
+    (compiler.batch_axis); empty in a step compiled for one batch length."""
+    capacity = 0
+    """The batch length the kernel's dimensions were planned at, when `batch` is not empty."""
+
+    def dimensions(self):
+        """The sizes the kernel's loops run over."""
+        raise NotImplementedError
 
     def reads(self):
         raise NotImplementedError
@@ -142,6 +151,9 @@ class LoopKernel(Kernel):
     nodes: list = field(default_factory=list)
     kind = "loop"
 
+    def dimensions(self):
+        return self.shape
+
     def reads(self):
         return list(self.inputs)
 
@@ -154,7 +166,7 @@ class LoopKernel(Kernel):
 
     def structure(self):
         bufs = self.buffers()
-        return (self.kind, self.shape, np.dtype(self.dtype).str,
+        return (self.kind, self.shape, self.batch, np.dtype(self.dtype).str,
                 tuple(self._where(lay, bufs) for lay in self.inputs), tuple(self.calls),
                 tuple((self._where(lay, bufs), v, mode) for lay, v, mode in self.outputs))
 
@@ -175,6 +187,9 @@ class GemmKernel(Kernel):
     thread_scratch: Buffer = None
     nodes: list = field(default_factory=list)
     kind = "gemm"
+
+    def dimensions(self):
+        return (self.m, self.n, self.k)
 
     def reads(self):
         return [self.a, self.b]
@@ -202,6 +217,9 @@ class RandomKernel(Kernel):
     nodes: list = field(default_factory=list)
     kind = "random"
 
+    def dimensions(self):
+        return self.out.shape
+
     def reads(self):
         return [self.counter]
 
@@ -211,7 +229,7 @@ class RandomKernel(Kernel):
     def structure(self):
         bufs = self.buffers()
         return (self.kind, self._where(self.counter, bufs), self._where(self.out, bufs),
-                self.key)
+                self.key, self.batch)
 
 
 @dataclass(eq=False)
@@ -226,6 +244,9 @@ class FiniteCheckKernel(Kernel):
     nodes: list = field(default_factory=list)
     kind = "finite_check"
 
+    def dimensions(self):
+        return self.src.shape
+
     def reads(self):
         return [self.src]
 
@@ -237,7 +258,8 @@ class FiniteCheckKernel(Kernel):
 
     def structure(self):
         bufs = self.buffers()
-        return (self.kind, self._where(self.src, bufs), self._where(self.flag, bufs))
+        return (self.kind, self._where(self.src, bufs), self._where(self.flag, bufs),
+                self.batch)
 
 
 KINDS = (LoopKernel, GemmKernel, RandomKernel, FiniteCheckKernel)

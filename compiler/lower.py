@@ -19,6 +19,7 @@ from llvmlite import ir
 
 from . import thread_pool
 from . import transcendental as tr
+from .batch_axis import BATCH_LENGTH
 from .loops import I64, for_range, gep, i64, smin
 from .matmul import SCRATCH_BYTES, declare_gemm, pack_elements
 from .ops import RANDOM_MIX
@@ -49,22 +50,31 @@ def _convert(b, v, src, dst_ty):
     return b.sitofp(v, dst_ty)
 
 
-def _collapse(shape, operand_strides):
+def _collapse(shape, operand_strides, batch=()):
     """Merge adjacent iteration dims that every operand walks contiguously, so loops are as
-    few and as long as possible (the innermost one is what vectorises)."""
-    dims = [(s, [st[d] for st in operand_strides]) for d, s in enumerate(shape) if s != 1]
+    few and as long as possible (the innermost one is what vectorises). A batch dimension
+    (run to the run-time length) merges only with dims inside it, so the merged loop still
+    covers a prefix of its range. Returns (shape, strides per operand, batch flag per dim)."""
+    dims = [(s, [st[d] for st in operand_strides], d in batch)
+            for d, s in enumerate(shape) if s != 1]
     if not dims:
-        return (), [() for _ in operand_strides]
+        return (), [() for _ in operand_strides], ()
     merged = [dims[0]]
-    for s, sts in dims[1:]:
-        ps, psts = merged[-1]
-        if all(p == q * s for p, q in zip(psts, sts)):
-            merged[-1] = (ps * s, sts)
+    for s, sts, is_batch in dims[1:]:
+        ps, psts, p_batch = merged[-1]
+        if not is_batch and all(p == q * s for p, q in zip(psts, sts)):
+            merged[-1] = (ps * s, sts, p_batch)
         else:
-            merged.append((s, sts))
-    shape = tuple(s for s, _ in merged)
-    strides = [tuple(sts[k] for _, sts in merged) for k in range(len(operand_strides))]
-    return shape, strides
+            merged.append((s, sts, is_batch))
+    shape = tuple(s for s, _, _ in merged)
+    strides = [tuple(sts[k] for _, sts, _ in merged) for k in range(len(operand_strides))]
+    return shape, strides, tuple(f for _, _, f in merged)
+
+
+def run_extent(b, size, is_batch, n, capacity):
+    """A loop's trip count: `size`, or for a batch dimension size / capacity * n (the run-time
+    batch length `n`)."""
+    return b.mul(i64(size // capacity), n) if is_batch else i64(size)
 
 
 class CpuBackend:
@@ -81,11 +91,12 @@ class CpuBackend:
         return pa * dtype.itemsize, pb * dtype.itemsize, SCRATCH_BYTES
 
 
-def _kernel_function(module, name, n_buffers, ranged=False):
-    """`void name(ptr buffers...)`, or with `ranged` `(ptr buffers..., i64 lo, i64 hi)`: the
-    kernel runs rows [lo, hi) of its first loop, so the thread pool can split it."""
+def _kernel_function(module, name, n_buffers, ranged=False, batched=False):
+    """`void name(ptr buffers...)`; with `ranged` two more arguments `i64 lo, i64 hi`: the
+    kernel runs rows [lo, hi) of its first loop, so the thread pool can split it; with
+    `batched` a last `i64 n`, the run-time batch length."""
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * n_buffers
-                                             + [I64] * (2 * ranged)), name=name)
+                                             + [I64] * (2 * ranged + batched)), name=name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
@@ -103,21 +114,32 @@ the elements it would cover in a serial run and only the last chunk has a scalar
 
 
 def iteration(kern):
-    """(loop shape, strides per layout, ranged) of a loop or finite-check kernel: its loops
-    after collapsing, and whether its first loop may be split into ranges -- large enough, and
-    every output moves along that loop, so chunks write disjoint elements (a reduction over
-    the first loop is not split: partial sums in a thread-dependent order would make the
-    result depend on the thread count)."""
+    """(loop shape, strides per layout, ranged, batch flag per loop) of a loop or finite-check
+    kernel: its loops after collapsing, and whether its first loop may be split into ranges --
+    large enough, and every output moves along that loop, so chunks write disjoint elements
+    (a reduction over the first loop is not split: partial sums in a thread-dependent order
+    would make the result depend on the thread count)."""
     cached = kern.__dict__.get("_iteration")
     if cached is None:
         layouts = kern.layouts() if kern.kind == "loop" else [kern.src]
         source = kern.shape if kern.kind == "loop" else kern.src.shape
-        shape, strides = _collapse(source, [lay.strides for lay in layouts])
+        shape, strides, flags = _collapse(source, [lay.strides for lay in layouts], kern.batch)
         outputs = strides[len(kern.reads()):] if kern.kind == "loop" else []
         ranged = (len(shape) > 0 and int(np.prod(shape, dtype=np.int64)) >= MIN_SPLIT_ELEMENTS
                   and all(st[0] != 0 for st in outputs))
-        cached = kern._iteration = (shape, strides, ranged)
+        cached = kern._iteration = (shape, strides, ranged, flags)
     return cached
+
+
+def _extents(b, fn, kern, n_buffers):
+    """The run-time trip count of each collapsed loop of `kern`, and its rows (lo, hi) of the
+    first: the ranged arguments, or the whole loop."""
+    shape, _, ranged, flags = iteration(kern)
+    n = fn.args[-1] if kern.batch else None
+    extents = [run_extent(b, s, f, n, kern.capacity) for s, f in zip(shape, flags)]
+    if ranged:
+        extents[0] = tuple(fn.args[n_buffers:n_buffers + 2])
+    return extents
 
 
 def element_offset(b, start, indices, strides):
@@ -127,6 +149,7 @@ def element_offset(b, start, indices, strides):
         if st:
             off = b.add(off, b.mul(i, i64(st)))
     return off
+
 
 
 def split_bytes(kern):
@@ -153,24 +176,24 @@ def loop_nest(b, extents, body):
 def emit_loop_kernel(module, kern, name):
     ty = llvm_type(kern.dtype)
     buffers = kern.buffers()
-    shape, strides, ranged = iteration(kern)
-    fn = _kernel_function(module, name, len(buffers), ranged)
+    shape, strides, ranged, _ = iteration(kern)
+    fn = _kernel_function(module, name, len(buffers), ranged, bool(kern.batch))
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     n_in = len(kern.inputs)
     if int(np.prod(kern.shape, dtype=np.int64)) == 0:
         b.ret_void()
         return fn
-    rows = fn.args[len(buffers):] if ranged else (0, shape[0] if shape else 1)
+    extents = _extents(b, fn, kern, len(buffers))
 
     for (lay, _, mode), st in zip(kern.outputs, strides[n_in:]):
         if mode in ("sum", "max"):
             init = ir.Constant(ty, 0.0 if mode == "sum" else -np.inf)
             base, off = arg[id(lay.buffer)], kern.relative(lay)
             kept = [d for d in range(len(shape)) if st[d] != 0]
-            extents = [rows if d == 0 else (0, shape[d]) for d in kept]
-            loop_nest(b, extents, lambda idx, base=base, off=off, kept=kept, st=st: b.store(
-                init, gep(b, base, element_offset(b, off, idx, [st[d] for d in kept]), ty)))
+            loop_nest(b, [extents[d] for d in kept], lambda idx, base=base, off=off, kept=kept,
+                      st=st: b.store(init, gep(b, base, element_offset(
+                          b, off, idx, [st[d] for d in kept]), ty)))
 
     def body(indices):
         def offset(lay, st):
@@ -198,7 +221,7 @@ def emit_loop_kernel(module, kern, name):
                 v = tr.call(b, "maximum", ty, b.load(p, typ=ty), v)
             b.store(v, p)
 
-    loop_nest(b, [rows] + [(0, n) for n in shape[1:]] if shape else [], body)
+    loop_nest(b, extents, body)
     b.ret_void()
     return fn
 
@@ -208,7 +231,7 @@ def emit_random_kernel(module, kern, name):
     -- the same bits runtime.numpy_impls.random computes."""
     ty = llvm_type(kern.out.dtype)
     buffers = kern.buffers()
-    fn = _kernel_function(module, name, len(buffers))
+    fn = _kernel_function(module, name, len(buffers), batched=bool(kern.batch))
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     cty = llvm_type(kern.counter.dtype)
@@ -229,8 +252,9 @@ def emit_random_kernel(module, kern, name):
         b.store(u, gep(b, arg[id(kern.out.buffer)], b.add(i, i64(kern.relative(kern.out))),
                        ty))
     count = int(np.prod(kern.out.shape, dtype=np.int64))
-    if count:
-        for_range(b, 0, count, body, name="r")
+    if count:      # a batch dimension is axis 0 (compiler.batch_axis), so a prefix is drawn
+        for_range(b, 0, run_extent(b, count, bool(kern.batch), fn.args[-1], kern.capacity),
+                  body, name="r")
     b.ret_void()
     return fn
 
@@ -243,8 +267,8 @@ def emit_finite_check(module, kern, name):
     src = kern.src
     ty = llvm_type(src.dtype)
     buffers = kern.buffers()
-    shape, (strides,), ranged = iteration(kern)
-    fn = _kernel_function(module, name, len(buffers), ranged)
+    shape, (strides,), ranged, _ = iteration(kern)
+    fn = _kernel_function(module, name, len(buffers), ranged, bool(kern.batch))
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     acc = b.alloca(ty, name="acc")
@@ -256,8 +280,7 @@ def emit_finite_check(module, kern, name):
         b.store(b.fadd(b.load(acc, typ=ty), b.fsub(x, x), flags=REDUCE_FLAGS), acc)
 
     if int(np.prod(src.shape, dtype=np.int64)):
-        rows = fn.args[len(buffers):] if ranged else (0, shape[0] if shape else 1)
-        loop_nest(b, [rows] + list(shape[1:]) if shape else [], body)
+        loop_nest(b, _extents(b, fn, kern, len(buffers)), body)
     total = b.load(acc, typ=ty)
     if not isinstance(ty, ir.DoubleType):
         total = b.fpext(total, ir.DoubleType())
@@ -287,9 +310,10 @@ class _Module:
     """The module being built, and the kernel functions emitted so far by structure (shared
     by every function of the step, so identical kernels share one)."""
 
-    def __init__(self, module, vector_width):
+    def __init__(self, module, vector_width, batch_slot=None):
         self.module, self.vector_width = module, vector_width
         self.functions = {}
+        self.batch_slot = batch_slot     # where the scalars vector holds the batch length
 
     def body(self, name, returns):
         """A new function of the step, `(ptr bufs, ptr scalars)`, to emit kernel calls into."""
@@ -309,6 +333,7 @@ class _Body:
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.arena = self.b.load(gep(self.b, self.bufs, 0, PTR), typ=PTR, name="arena")
         self.words, self.words_size = None, 0
+        self.n = None
 
     def base(self, buf):
         b = self.b
@@ -342,11 +367,13 @@ class _Body:
                 for buf in kern.buffers()]
         fn = self.function(kern, emit)
         kern.function = fn.name          # shared by identical kernels: the listing says so
-        if len(fn.args) == len(args):
-            b.call(fn, args)
+        tail = [self.batch_length()] if kern.batch else []
+        if len(fn.args) == len(args) + len(tail):
+            b.call(fn, args + tail)
             return
-        shape = iteration(kern)[0]
-        extent = shape[0]
+        shape, _, _, flags = iteration(kern)
+        extent = run_extent(b, shape[0], flags[0], self.batch_length(), kern.capacity) \
+            if flags[0] else i64(shape[0])
         ways = b.call(thread_pool.declare_ways(self.module),
                       [i64(int(np.prod(shape, dtype=np.int64))), i64(split_bytes(kern)),
                        i64(thread_pool.WORK_KINDS.index("elements"))])
@@ -354,19 +381,29 @@ class _Body:
                                 for x in ("split", "serial", "after"))
         b.cbranch(b.icmp_signed(">", ways, i64(1)), split, serial)
         b.position_at_end(serial)
-        b.call(fn, args + [i64(0), i64(extent)])
+        b.call(fn, args + [i64(0), extent] + tail)
         b.branch(after)
         b.position_at_end(split)
         align = SPLIT_ALIGN if len(shape) == 1 else 1
-        per = b.sdiv(b.add(i64(extent), b.sub(ways, i64(1))), ways)
+        per = b.sdiv(b.add(extent, b.sub(ways, i64(1))), ways)
         per = b.mul(b.sdiv(b.add(per, i64(align - 1)), i64(align)), i64(align))
-        chunks = b.sdiv(b.add(i64(extent), b.sub(per, i64(1))), per)
-        words = self.task_arguments(len(args) + 2)
-        for k, v in enumerate([b.ptrtoint(a, I64) for a in args] + [per, i64(extent)]):
+        chunks = b.sdiv(b.add(extent, b.sub(per, i64(1))), per)
+        words = self.task_arguments(len(args) + 2 + len(tail))
+        for k, v in enumerate([b.ptrtoint(a, I64) for a in args] + [per, extent] + tail):
             b.store(v, gep(b, words, k, I64))
-        b.call(thread_pool.declare_run(self.module), [self.task(fn, len(args)), words, chunks])
+        task = self.task(fn, len(args), bool(tail))
+        b.call(thread_pool.declare_run(self.module), [task, words, chunks])
         b.branch(after)
         b.position_at_end(after)
+
+    def batch_length(self):
+        """The run-time batch length (i64), read from its host scalar at the function's entry."""
+        if self.n is None:
+            with self.b.goto_entry_block():
+                self.b.position_before(self.fn.entry_basic_block.instructions[0])
+                slot = gep(self.b, self.scalars, self.owner.batch_slot, ir.DoubleType())
+                self.n = self.b.fptosi(self.b.load(slot, typ=ir.DoubleType()), I64, name="n")
+        return self.n
 
     def task_arguments(self, n):
         """An i64 array in this function's frame for a task's arguments (one per function,
@@ -378,9 +415,10 @@ class _Body:
                 self.words_size = max(n, 16)
         return self.words
 
-    def task(self, fn, n_buffers):
+    def task(self, fn, n_buffers, batched):
         """`void fn.task(ptr args, i64 chunk)`: rows [chunk * per, min(that + per, extent))
-        of `fn`, its buffers and (per, extent) read from `args`."""
+        of `fn`, its buffers, (per, extent) and the batch length if `batched` read from
+        `args`."""
         name = fn.name + ".task"
         if name in self.module.globals:
             return self.module.globals[name]
@@ -390,21 +428,25 @@ class _Body:
         words, chunk = task.args
         buffers = [b.inttoptr(b.load(gep(b, words, k, I64), typ=I64), PTR)
                    for k in range(n_buffers)]
-        per, extent = (b.load(gep(b, words, n_buffers + k, I64), typ=I64) for k in range(2))
+        per, extent, n = (b.load(gep(b, words, n_buffers + k, I64), typ=I64) for k in range(3))
         lo = b.mul(chunk, per)
-        b.call(fn, buffers + [lo, smin(b, b.add(lo, per), extent)])
+        b.call(fn, buffers + [lo, smin(b, b.add(lo, per), extent)] + [n] * batched)
         b.ret_void()
         return task
 
 
 def _call_gemm(body, kern):
+    """A call into the GEMM library; its batch dimensions (of m, n, k) run to the run-time
+    batch length, and C's row stride is its layout's (planned at the capacity)."""
     dtype = np.dtype(kern.out.dtype)
     fn = declare_gemm(body.module, llvm_type(dtype), body.vector_width[dtype])
+    sizes = [run_extent(body.b, v, d in kern.batch, body.batch_length(), kern.capacity)
+             if d in kern.batch else i64(v) for d, v in enumerate(kern.dimensions())]
+    ldc = kern.out.strides[0] if kern.m > 1 else kern.n
     body.b.call(fn, [body.at(kern.a), body.at(kern.b), body.at(kern.out),
                      body.base(kern.pack_a), body.base(kern.pack_b),
                      body.base(kern.thread_scratch)]
-                + [i64(v) for v in (kern.m, kern.n, kern.k)]
-                + [i64(v) for v in kern.a.strides + kern.b.strides])
+                + sizes + [i64(v) for v in kern.a.strides + kern.b.strides] + [i64(ldc)])
 
 
 def _call_finite_check(body, kern):
@@ -475,7 +517,8 @@ def lower(plan, step_name, vector_width, profile=False):
     the global `profile_symbol(step_name)`: cycles spent in each kernel (compute kernels, then
     updates), summed over the calls."""
     module = ir.Module(name=step_name)
-    emission = _Module(module, vector_width)
+    emission = _Module(module, vector_width, plan.scalar_refs.index(BATCH_LENGTH)
+                       if plan.capacity else None)
     counters = None
     if profile:
         n = len(plan.kernels) + len(plan.update_kernels)

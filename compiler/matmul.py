@@ -138,9 +138,9 @@ split."""
 
 
 def _gemm_type():
-    """(A, B, C, packA, packB, scratch, M, N, K, sam, sak, sbk, sbn)"""
+    """(A, B, C, packA, packB, scratch, M, N, K, sam, sak, sbk, sbn, ldc)"""
     ptr = ir.PointerType()
-    return ir.FunctionType(ir.VoidType(), [ptr] * 6 + [I64] * 7)
+    return ir.FunctionType(ir.VoidType(), [ptr] * 6 + [I64] * 8)
 
 
 def _serial_type():
@@ -166,7 +166,8 @@ def threads_symbol(ty, vw):
 
 def gemm_library(ty, vw):
     """A module defining `void gemm(ptr A, ptr B, ptr C, ptr packA, ptr packB, ptr scratch,
-    i64 M, N, K, sam, sak, sbk, sbn)`: C[M,N] (row-major, contiguous) = A[M,K] @ B[K,N], with
+    i64 M, N, K, sam, sak, sbk, sbn, ldc)`: C[M,N] (row-major, rows ldc apart) =
+    A[M,K] @ B[K,N], with
     A and B read at element strides (sam, sak) and (sbk, sbn). One function serves every
     product of a dtype. A product the thread pool says to split is cut into column blocks (or
     row blocks when M > N: each block then packs all of B, the smaller operand), one per
@@ -195,7 +196,7 @@ def _define_parallel(module, name, serial, ty, vw):
     tb.ret_void()
 
     fn = ir.Function(module, _gemm_type(), name=name)
-    A, B, C, PA, PB, scratch, M, N, K, sam, sak, sbk, sbn = fn.args
+    A, B, C, PA, PB, scratch, M, N, K, sam, sak, sbk, sbn, ldc = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     flops = b.mul(b.mul(b.mul(M, N), K), i64(2))
     size = 4 if is_f32 else 8
@@ -208,7 +209,7 @@ def _define_parallel(module, name, serial, ty, vw):
     par_bb, ser_bb = fn.append_basic_block("parallel"), fn.append_basic_block("serial")
     b.cbranch(parallel, par_bb, ser_bb)
     b.position_at_end(ser_bb)
-    b.call(serial, [A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, N, i64(NC[is_f32])])
+    b.call(serial, [A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc, i64(NC[is_f32])])
     b.ret_void()
 
     b.position_at_end(par_bb)
@@ -229,12 +230,12 @@ def _define_parallel(module, name, serial, ty, vw):
         length = smin(b, per, b.sub(extent, start))
         a_off = b.select(by_cols, i64(0), b.mul(start, sam))
         b_off = b.select(by_cols, b.mul(start, sbn), i64(0))
-        c_off = b.select(by_cols, start, b.mul(start, N))
+        c_off = b.select(by_cols, start, b.mul(start, ldc))
         m = b.select(by_cols, M, length)
         n = b.select(by_cols, length, N)
         return [gep(b, A, a_off, ty), gep(b, B, b_off, ty), gep(b, C, c_off, ty),
                 gep(b, PA, b.mul(i, pa_size), ty), gep(b, PB, b.mul(i, pb_size), ty),
-                m, n, K, sam, sak, sbk, sbn, N, nc_shared]
+                m, n, K, sam, sak, sbk, sbn, ldc, nc_shared]
 
     def write_args(i):
         for k, v in enumerate(block_args(i)):

@@ -8,6 +8,7 @@ import numpy as np
 from llvmlite import ir
 
 from . import llvm_backend, scalar_library
+from .batch_axis import mark_kernels
 from .fingerprint import source_fingerprint
 from .kernel_table import KernelTable, kernel_rows
 from .lower import CpuBackend, lower
@@ -46,6 +47,7 @@ class Binary:
     constants: list
     arena_bytes: int
     thread_settings: dict
+    batch_capacity: int = 0      # > 0: axis 0 of the batch is a run-time length up to this
 
 
 class Artifact:
@@ -88,11 +90,14 @@ class Artifact:
         return self._asm
 
 
-def compile_graph(graph, grad_graph, seconds, key=None, stages=None, profile=False):
+def compile_graph(graph, grad_graph, seconds, key=None, stages=None, profile=False, batch=None):
     """Optimise, plan, lower and compile `grad_graph` (the step); `graph` is the traced forward
     graph kept for inspection; `seconds` carries the trace/AD timings measured by the caller.
     `stages`, when given, is filled with each stage as it is made, so a failing compile can
-    be dumped (GRAPHFLUX_DEBUG). `profile` builds the timed variant (compiler.lower)."""
+    be dumped (GRAPHFLUX_DEBUG). `profile` builds the timed variant (compiler.lower).
+    `batch` = (the same step generalised at another batch length, its length there, the length
+    of `grad_graph`'s batch) makes the artifact serve every batch length up to this one
+    (compiler.batch_axis); it raises NotSymbolic when the plans do not correspond."""
     stages = {} if stages is None else stages
     key = key or graph_key(grad_graph)
     symbol = f"gf_step_{key[:20]}"
@@ -102,7 +107,11 @@ def compile_graph(graph, grad_graph, seconds, key=None, stages=None, profile=Fal
     seconds["passes"] = time.perf_counter() - t
     t = time.perf_counter()
     widths = llvm_backend.vector_widths()
-    plan = Planner(optimized, CpuBackend(widths, llvm_backend.num_threads())).run()
+    backend = CpuBackend(widths, llvm_backend.num_threads())
+    plan = Planner(optimized, backend).run()
+    if batch is not None:
+        other, n_other, n = batch
+        mark_kernels(plan, Planner(optimize(other)[0], backend).run(), n, n_other)
     module = lower(plan, symbol, widths, profile)
     ir_text = stages["llvm_ir"] = str(module)
     scalar_functions = scalar_library.definitions(module)
@@ -137,7 +146,8 @@ def compile_graph(graph, grad_graph, seconds, key=None, stages=None, profile=Fal
                     [(name, out_nodes[name].shape, out_nodes[name].dtype.str)
                      for kind, name in plan.ext_slots if kind == "output"],
                     plan.constants, plan.arena_bytes,
-                    {threads_symbol(ty, w): stats["threads"] for ty, w in _library_types()})
+                    {threads_symbol(ty, w): stats["threads"] for ty, w in _library_types()},
+                    plan.capacity)
     return Artifact(binary, graph, ir_text, opt_text, stats, (grad_graph, optimized))
 
 

@@ -38,6 +38,7 @@ class Plan:
     flops: int               # the step's arithmetic (the finiteness checks not counted)
     checks: list             # FiniteCheckKernels, in parameter order (also in `kernels`)
     node_names: dict         # node id -> "%i" as the optimised graph's listing names it
+    capacity: int = 0        # a batch-symbolic step's largest batch length (compiler.batch_axis)
 
 
 class Planner:
@@ -174,26 +175,28 @@ class Planner:
         self._materialised(node, buf)
 
     def _view(self, node):
+        """A view keeps its source's element type: a host scalar (float64 in the scalars
+        vector) seen through a broadcast is still read as a float64."""
         src = self.layout(node.inputs[0])
         a = node.attrs
         if node.op == "stop_gradient":
             lay = src
         elif node.op == "transpose":
             lay = Layout(src.buffer, src.offset, tuple(src.strides[p] for p in a["perm"]),
-                         node.shape, node.dtype)
+                         node.shape, src.dtype)
         elif node.op == "broadcast":
             lay = Layout(src.buffer, src.offset, broadcast_strides(src, node.shape),
-                         node.shape, node.dtype)
+                         node.shape, src.dtype)
         elif node.op == "slice":
             off = src.offset + sum(s * st for s, st in zip(a["starts"], src.strides))
             lay = Layout(src.buffer, off, tuple(st * k for st, k in zip(src.strides, a["steps"])),
-                         node.shape, node.dtype)
+                         node.shape, src.dtype)
         elif src.is_contiguous():       # reshape of dense memory: a new view
             lay = Layout(src.buffer, src.offset, dense_strides(node.shape), node.shape,
-                         node.dtype)
+                         src.dtype)
         else:                           # reshape of strided memory: a copy first
             buf = self._new_buffer(node)
-            tmp = Layout(buf, 0, dense_strides(src.shape), src.shape, src.dtype)
+            tmp = Layout(buf, 0, dense_strides(src.shape), src.shape, node.dtype)
             self.kernels.append(self._copy_kernel(src, tmp, self._name("reshape")))
             lay = Layout(buf, 0, dense_strides(node.shape), node.shape, node.dtype)
         self.layouts[node.id] = lay

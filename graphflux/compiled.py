@@ -12,6 +12,7 @@ import traceback
 
 import numpy as np
 
+from graphflux.compiler.batch_axis import NotSymbolic, batch_scalar_value, generalise
 from graphflux.compiler.pipeline import compile_graph, graph_key, prepare_libraries
 from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
@@ -33,10 +34,12 @@ log = logging.getLogger("graphflux")
 _ARTIFACTS = LRU(32)   # cache key -> Artifact: the most recently used; a step keeps its own
 
 
-def cached_artifact(graph, extra, build, seconds, dtype):
+def cached_artifact(graph, extra, build, seconds, dtype, batch=None):
     """The artifact of a traced `graph`: from this process, from the disk cache (no AD,
     passes, sympy or LLVM), or compiled now from `build()` (the graph to compile). The key is
-    computed before `build` runs, from the traced graph, `extra`, versions and CPU.
+    computed before `build` runs, from the traced graph, `extra`, versions and CPU. With
+    `batch()` -- (the step at another batch length, that length, this one), called after
+    `build` -- the artifact serves every batch length up to this one (compiler.batch_axis).
     Returns (artifact, "memory" | "disk" | "compiled")."""
     key = graph_key(graph, extra)
     art = _ARTIFACTS.get(key)
@@ -49,7 +52,10 @@ def cached_artifact(graph, extra, build, seconds, dtype):
         stages = {"graph": graph}
         try:
             full = stages["grad_graph"] = build()
-            art = compile_graph(graph, full, seconds, key, stages)
+            art = compile_graph(graph, full, seconds, key, stages,
+                                batch=batch() if batch else None)
+        except NotSymbolic:
+            raise
         except Exception as e:
             folder = dump_stages(stages, e)
             if folder is not None:
@@ -60,15 +66,28 @@ def cached_artifact(graph, extra, build, seconds, dtype):
     return art, how
 
 
-def artifact_for(traced, ps, opt=None):
-    """The artifact of a training step (opt given) or of loss and gradients (opt None)."""
-    fresh = []
+def artifact_for(traced, ps, opt=None, other=None):
+    """The artifact of a training step (opt given) or of loss and gradients (opt None). With
+    `other` = (the loss traced at another batch length, that length, this batch's length),
+    one that serves every batch length up to this one, or NotSymbolic."""
+    fresh, general = [], {}
 
     def build():
         fresh.append(True)
-        return step_graph(traced, ps, opt, warn=len(fresh) == 1)
-    art, how = cached_artifact(traced.graph, optimiser_description(opt), build, traced.seconds,
-                               ps[0].dtype if len(ps) else np.float32)
+        graph = step_graph(traced, ps, opt, warn=len(fresh) == 1)
+        if other is None:
+            return graph
+        traced_b, n_b, n = other
+        graph, general["b"] = generalise(graph, step_graph(traced_b, ps, opt, warn=False), n,
+                                         n_b)
+        return graph
+    batch = None
+    extra = optimiser_description(opt)
+    if other is not None:
+        extra += f" batch<={other[2]}"
+        batch = lambda: (general["b"], other[1], other[2])  # noqa: E731
+    art, how = cached_artifact(traced.graph, extra, build, traced.seconds,
+                               ps[0].dtype if len(ps) else np.float32, batch)
     if how == "compiled":
         used = _updated_or_output(art.binary, ps, opt)
         art.stats["unused_params"] = [ps.name(p) for i, p in enumerate(ps) if i not in used]
@@ -113,10 +132,21 @@ class _Entry:
         self.data_slots, self.copies, self.keep = bind_inputs(
             ex, lambda ref: input_array(ref, ps, opt, None, traced.captured), traced.graph)
         self.scalar_plan = []    # (param, [scalar names]) in the order of the scalars vector
-        for _, index, name in art.binary.scalar_refs:
+        for ref in art.binary.scalar_refs:
+            if ref[0] != "scalar":
+                continue
+            _, index, name = ref
             if not self.scalar_plan or self.scalar_plan[-1][0] is not ps[index]:
                 self.scalar_plan.append((ps[index], []))
             self.scalar_plan[-1][1].append(name)
+        # a batch-symbolic artifact (compiler.batch_axis): the host scalars made from the batch
+        # length, after the optimiser's, and the argument whose axis 0 is that length
+        self.capacity = art.binary.batch_capacity
+        self.batch_scalars = [(k, ref) for k, ref in enumerate(art.binary.scalar_refs)
+                              if ref[0] == "batch"]
+        self.batch_arg = min((n.attrs["ref"][1] for n in traced.graph.inputs
+                              if n.attrs.get("role") == "data" and n.shape),
+                             default=None) if self.capacity else None
         # per-parameter host state, created now; replacing it (gf.load) moves the bindings
         # generation, which rebuilds this entry, so the records stay the ones in use
         self.records = [opt.slot(p) for p, _ in self.scalar_plan]
@@ -136,6 +166,21 @@ class _Entry:
         # in one C loop (numpy's conversion of a list costs twice as much)
         n = len(art.binary.scalar_refs)
         self.scalars = (ctypes.c_double * n).from_address(ex.native.scalars_ptr) if n else None
+
+
+def batch_arguments(batch):
+    """The positions of the arrays whose axis 0 is the batch length: those as long as the
+    first array (check_batch has made them all so)."""
+    arrays = [(i, a) for i, a in enumerate(batch) if isinstance(a, np.ndarray) and a.ndim]
+    return [i for i, a in arrays if a.shape[0] == arrays[0][1].shape[0]] if arrays else []
+
+
+def general_signature(batch):
+    """The signature with the batch length left out: batches that differ only in it may share
+    a batch-symbolic artifact."""
+    args = batch_arguments(batch)
+    return tuple(((None,) + s[0][1:], s[1]) if i in args else s
+                 for i, s in enumerate(signature(batch)))
 
 
 def data_address(a):
@@ -195,6 +240,8 @@ class CompiledStep:
         self._last = None
         self._warned = set()
         self._why = None        # why the entries were dropped, for the next compile's log line
+        self._general = {}      # general_signature -> a batch-symbolic _Entry (the largest)
+        self._per_length = {}   # general_signature -> why it compiles per batch length
         self._lock = threading.Lock()
 
     def lower(self, *batch):
@@ -223,6 +270,7 @@ class CompiledStep:
     def _follow_replacements(self):
         """Drop every entry: an array they bound was replaced (graphflux.bindings)."""
         self._entries.clear()
+        self._general.clear()
         self._seen.clear()
         self._why = bindings.WHY[0]
 
@@ -230,21 +278,64 @@ class CompiledStep:
         entry = self._entries.get(sig)
         if entry is not None and reason is None:
             return entry
+        if reason is None and self._why is None:
+            entry = self._shared_entry(batch, sig)
+            if entry is not None:
+                return entry
         reason = reason or self._why or describe_change(self._last, sig)
         t = time.perf_counter()
         check_params(self.ps)
         traced = trace_loss(self.loss, self.ps, batch)
-        art, how = artifact_for(traced, self.ps, self.opt)
+        general = general_signature(batch)
+        other = self._other_length(batch, general)
+        try:
+            art, how = artifact_for(traced, self.ps, self.opt, other)
+        except NotSymbolic as e:
+            self._per_length[general] = str(e)
+            art, how = artifact_for(traced, self.ps, self.opt)
         entry = _Entry(self, traced, art)
         self._entries[sig] = entry
+        if entry.capacity:
+            self._general[general] = entry
         self._seen.clear()
         self._last = sig
         self._why = None
         self._generation = bindings.GENERATION[0]
         what = {"compiled": "compiled step", "disk": "loaded step from the disk cache",
                 "memory": "traced step (artifact reused)"}[how]
-        log.info("%s in %.3f s: %s", what, time.perf_counter() - t, reason)
+        lengths = (f" (serves batch lengths up to {entry.capacity})" if entry.capacity else
+                   f" (per batch length: {self._per_length[general]})"
+                   if general in self._per_length else "")
+        log.info("%s in %.3f s: %s%s", what, time.perf_counter() - t, reason, lengths)
         return entry
+
+    def _shared_entry(self, batch, sig):
+        """The entry of a batch-symbolic artifact that serves this batch's length, if any."""
+        entry = self._general.get(general_signature(batch))
+        if entry is None or batch[entry.batch_arg].shape[0] > entry.capacity:
+            return None
+        self._entries[sig] = entry
+        self._seen.clear()
+        log.info("batch length %d runs on the step compiled for lengths up to %d",
+                 batch[entry.batch_arg].shape[0], entry.capacity)
+        return entry
+
+    def _other_length(self, batch, general):
+        """(the loss traced at batch length n + 1, n + 1, n) to compile one artifact for every
+        length up to n, or None when this signature compiles per length (no batch, or found
+        so before)."""
+        args = batch_arguments(batch)
+        if not args or general in self._per_length:
+            return None
+        n = batch[args[0]].shape[0]
+        other = [np.broadcast_to(np.zeros((1,) + a.shape[1:], a.dtype), (n + 1,) + a.shape[1:])
+                 if i in args else a for i, a in enumerate(batch)]
+        try:
+            return trace_loss(self.loss, self.ps, other), n + 1, n
+        except Exception as e:  # noqa: BLE001 -- any failure means: not the same loss
+            self._per_length[general] = (f"tracing at batch length {n + 1} failed "
+                                         f"({type(e).__name__}: {e})")
+            return None
 
     def __call__(self, *batch):
         with self._lock:
@@ -296,6 +387,10 @@ class CompiledStep:
                         vals = cache[rec.host] = [d[n] for n in names]
                     values += vals
             entry.scalars[:len(values)] = values
+        if entry.capacity:
+            n = batch[entry.batch_arg].shape[0]
+            for k, ref in entry.batch_scalars:
+                entry.scalars[k] = batch_scalar_value(ref, n)
         status = native()
         loss = entry.loss.item()
         if status:
@@ -319,10 +414,18 @@ class CompiledStep:
         """The error for a step that wrote nothing: the native status says whether the loss
         (1) or the gradient of parameter status - 2 was not finite."""
         what = "loss" if status == 1 else f"gradient of {self.ps.name(self.ps[status - 2])}"
-        graph = entry.art.grad_graph
+        graph, captured = entry.art.grad_graph, entry.captured
         scalar_values = dict(zip(entry.art.binary.scalar_refs, scalars))
+        if entry.capacity:
+            n = batch[entry.batch_arg].shape[0]
+            scalar_values.update((ref, batch_scalar_value(ref, n)) for _, ref in
+                                 entry.batch_scalars)
+            if n != entry.capacity:      # the artifact's graph has the capacity's shapes
+                traced = trace_loss(self.loss, self.ps, batch)
+                graph = step_graph(traced, self.ps, self.opt, warn=False)
+                captured = traced.captured
         values = {n.id: scalar_values[n.attrs["ref"]] if n.op == "scalar" else
-                  input_array(n.attrs["ref"], self.ps, self.opt, batch, entry.captured)
+                  input_array(n.attrs["ref"], self.ps, self.opt, batch, captured)
                   for n in graph.inputs}
         return nonfinite_error(what, loss, graph, values)
 

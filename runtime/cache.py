@@ -178,7 +178,8 @@ def _binary_fields(meta, files):
         raise ValueError(f"meta.json does not describe the entry ({e})") from e
     objects = [files[f"object{i}.o"] for i in range(meta["objects"])]
     return (meta["symbol"], objects, _tuples(meta["slots"]), _tuples(meta["scalar_refs"]),
-            outputs, constants, meta["arena_bytes"], meta["thread_settings"])
+            outputs, constants, meta["arena_bytes"], meta["thread_settings"],
+            meta.get("batch_capacity", 0))
 
 
 class DiskCache:
@@ -282,7 +283,7 @@ class DiskCache:
         meta = {"symbol": b.symbol, "objects": len(b.objects), "slots": b.slots,
                 "scalar_refs": b.scalar_refs, "outputs": [list(o) for o in b.outputs],
                 "arena_bytes": b.arena_bytes, "thread_settings": b.thread_settings,
-                "stats": stats, "constants": []}
+                "batch_capacity": b.batch_capacity, "stats": stats, "constants": []}
         raw = bytearray()
         for c in b.constants:
             meta["constants"].append((np.dtype(c.dtype).str, list(c.shape), len(raw)))

@@ -151,7 +151,10 @@ def test_tuple_items_are_splatted(mode):
     before = snapshot(ps)
     infos = []
     gf.train(loss, ps, data, gf.Descent(0.1), mode=mode, cb=lambda i: infos.append(i))
-    assert received and all(r == ((5, 3), (5, 2)) for r in received)
+    # compiled, the first compile also traces the loss at batch length n + 1: whether one
+    # artifact serves every batch length (compiler.batch_axis)
+    assert received[0] == ((5, 3), (5, 2))
+    assert set(received) <= {((5, 3), (5, 2)), ((6, 3), (6, 2))}
     x, y = data[0]
     np.testing.assert_allclose(infos[0].loss, np.mean((np_small_forward(before, x) - y) ** 2),
                                rtol=1e-5)
@@ -171,13 +174,13 @@ def test_single_array_items_are_passed_as_one_argument(mode):
     infos = []
     gf.train(loss, ps, gf.DataLoader(X, batchsize=3), gf.Descent(0.1), mode=mode,
              cb=lambda i: infos.append(i))
-    assert received and all(r == (3, 3) for r in received)
+    assert received[0] == (3, 3) and set(received) <= {(3, 3), (4, 3)}
     assert len(infos) == 2
     np.testing.assert_allclose(infos[0].loss, np.mean(np_small_forward(before, X[:3]) ** 2),
                                rtol=1e-5)
 
 
-def test_last_partial_batch_compiles_once_not_per_epoch(caplog):
+def test_last_partial_batch_runs_on_the_first_batch_compile(caplog):
     m = small_model(4, 7, 3, 2)          # shapes used by no other test: nothing cached yet
     ps = gf.params(m)
     rng = np.random.default_rng(5)
@@ -194,7 +197,7 @@ def test_last_partial_batch_compiles_once_not_per_epoch(caplog):
         for _ in gf.epochs(3):
             gf.train(loss, ps, loader, opt, cb=lambda i: steps.append(i.step))
     assert steps == [1, 2, 3] * 3
-    assert len(compile_records(caplog)) == 2
+    assert len(compile_records(caplog)) == 1
 
 
 # ---- errors leave everything untouched ----------------------------------------------------------
