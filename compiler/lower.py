@@ -105,9 +105,12 @@ def _kernel_function(module, name, n_buffers, ranged=False, batched=False):
     return fn
 
 
-MIN_SPLIT_ELEMENTS = 2048
+MIN_SPLIT_ELEMENTS = 1 << 15
 """Kernels with fewer elements are never split and get no ranged entry point; above it the
-thread pool decides at run time from the measured cost of a split (gf_pool_ways)."""
+thread pool decides at run time from the measured cost of a split (gf_pool_ways). A ranged
+loop has a run-time trip count, which costs LLVM time (measured on mlp-wide: a floor of 2048
+made the cold compile 35% longer, 65536 15%); below about 15k elements a split cannot save
+more than its fixed cost (1-6 us here) at 4 elements a nanosecond anyway."""
 SPLIT_ALIGN = 64
 """Chunks of a one-loop kernel start at multiples of this, so each chunk's vector loop covers
 the elements it would cover in a serial run and only the last chunk has a scalar tail."""

@@ -43,7 +43,7 @@ def test_the_pool_measured_what_a_split_costs_here():
         assert s["ns_per_line_moved"] >= 0 and s["private_cache_kib"] > 0
 
 
-@pytest.mark.parametrize("shape", [(4099,), (67, 41), (3, 1031), (2053, 1)])
+@pytest.mark.parametrize("shape", [(32771,), (257, 131), (3, 11003), (32771, 1)])
 def test_split_elementwise_and_row_reductions_match_the_serial_run_bitwise(shape):
     """Elementwise maps, a broadcast bias, and a reduction along the last axis (rows are
     split, each row is summed by one thread)."""
@@ -74,7 +74,7 @@ def _model(seed):
                     gf.Dense(89, 7, init=init))
 
 
-def _data(n=131, seed=2):
+def _data(n=401, seed=2):
     rng = np.random.default_rng(seed)
     return (rng.standard_normal((n, 61)).astype(np.float32),
             gf.onehotbatch(rng.integers(0, 7, n), range(7)))
@@ -102,12 +102,12 @@ def test_a_training_step_split_everywhere_gives_the_serial_parameters_bitwise():
 def test_a_split_finite_check_finds_a_nan_in_any_chunk_and_nothing_is_written():
     """The loss is finite, one gradient element is 0/0: whichever chunk of the split check
     sees it, the step refuses to update."""
-    w = np.ones(4099, dtype=np.float32)
+    w = np.ones(32771, dtype=np.float32)
     step = gf.compile(lambda x: gf.sum(gf.sqrt(w * x)), gf.Params([w]), gf.Descent(0.1))
-    x = np.full(4099, 2.0, dtype=np.float32)
+    x = np.full(32771, 2.0, dtype=np.float32)
     step(x)
     before = w.copy()
-    for i in (0, 2100, 4098):                      # first, middle and last chunk
+    for i in (0, 16500, 32770):                    # first, middle and last chunk
         bad = x.copy()
         bad[i] = 0.0
         with pool().policy(SPLIT), pytest.raises(gf.NonFiniteLoss) as err:
@@ -175,3 +175,26 @@ def test_a_forked_child_runs_steps_serially_instead_of_waiting_for_missing_worke
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_a_shorter_batch_on_a_batch_symbolic_step_splits_over_its_own_rows():
+    """Compiled at 401 rows, run at 350: the split ranges cover the run-time rows only."""
+    x, y = _data()
+    results = []
+    for policy in (SERIAL, SPLIT):
+        m = _model(7)
+        step = gf.compile(lambda x, y: gf.losses.logitcrossentropy(m(x), y), gf.params(m),
+                          gf.Descent(0.1))
+        step(x, y)
+        (loss, shared) = run_counted(step, x[:350], y[:350], policy=policy)
+        results.append((loss, [p.copy() for p in gf.params(m)], shared))
+    assert results[0][2] == 0
+    assert_split(results[1][2])
+    assert results[0][0] == results[1][0]
+    for a, b in zip(results[0][1], results[1][1]):
+        assert a.tobytes() == b.tobytes()
+    m = _model(7)
+    eager = gf.compile(lambda x, y: gf.losses.logitcrossentropy(m(x), y), gf.params(m),
+                       gf.Descent(0.1), mode="eager")
+    eager(x, y)
+    assert eager(x[:350], y[:350]) == pytest.approx(results[0][0], rel=1e-5)
