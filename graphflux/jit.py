@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from graphflux.compiler.batch_axis import NotSymbolic, batch_scalar_value, generalise
 from graphflux.compiler.errors import TraceError
 from graphflux.compiler.graph import Graph
 from graphflux.compiler.tracer import TraceContext, Tracer
@@ -17,7 +18,7 @@ from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
 
 from . import bindings
-from .compiled import bind_inputs, cached_artifact
+from .compiled import batch_arguments, bind_inputs, cached_artifact, general_signature
 from .params import SlotWatch, params
 from .signature import describe_change, native_dense, signature
 from .tracing import TRACE_LOCK
@@ -26,14 +27,26 @@ log = logging.getLogger("graphflux")
 
 
 class _JitEntry:
-    """One artifact bound to the arrays its trace captured."""
+    """One artifact bound to the arrays its trace captured. A batch-symbolic one
+    (compiler.batch_axis) serves every batch length up to its capacity: its outputs whose
+    axis 0 is the batch length are made as long as the call's batch."""
 
-    def __init__(self, art, ctx, graph, single):
+    def __init__(self, art, ctx, graph, single, batch_arg=None, batch_outputs=()):
         self.art, self.single = art, single
         self.ex = Executable(art.binary)
         captured = [arr for arr, _ in ctx.captured.values()]
         self.data, self.copies, self.keep = bind_inputs(
             self.ex, lambda ref: captured[ref[1]], graph)
+        self.capacity = art.binary.batch_capacity
+        self.batch_outputs = set(batch_outputs)
+        self.batch_arg = batch_arg
+
+    def run(self, args):
+        if not self.capacity:
+            return self.ex.run()[1]
+        n = args[self.batch_arg].shape[0]
+        scalars = [batch_scalar_value(ref, n) for ref in self.art.binary.scalar_refs]
+        return self.ex.run(scalars, rows={name: n for name in self.batch_outputs})[1]
 
 
 class Jitted:
@@ -43,6 +56,8 @@ class Jitted:
         self._last = None
         self._generation = bindings.GENERATION[0]
         self._why = None
+        self._general = {}      # general_signature -> a batch-symbolic entry
+        self._per_length = {}   # general_signature -> why it compiles per batch length
         self._lock = threading.Lock()
         # a model's own arrays, by slot: replaced ones are seen even in a class of the user's
         self._ps = params() if hasattr(f, "__code__") else params(f)
@@ -61,18 +76,20 @@ class Jitted:
         stale = self._slots.changed()
         if self._generation != bindings.GENERATION[0] or stale is not None:
             self._entries.clear()
+            self._general.clear()
             self._why = bindings.WHY[0] if stale is None else \
                 f"slot {stale[1]!r} now holds a different array"
             self._slots = SlotWatch(self._ps)
         sig = signature(args)
         entry = self._entries.get(sig)
         if entry is None:
-            entry = self._entries[sig] = self._compile(args, sig)
+            entry = self._general.get(general_signature(args))
+            if entry is None or args[entry.batch_arg].shape[0] > entry.capacity:
+                entry = self._compile(args, sig)
+            self._entries[sig] = entry
         return entry, args
 
-    def _compile(self, args, sig):
-        t = time.perf_counter()
-        reason = self._why or describe_change(self._last, sig)
+    def _trace(self, args):
         ctx = TraceContext()
         tracers = [ctx.new_input(a.shape, a.dtype, f"x{i}", "data", ("data", i))
                    if isinstance(a, np.ndarray) else a for i, a in enumerate(args)]
@@ -85,14 +102,65 @@ class Jitted:
                              "of them) computed from its arguments or a model's arrays")
         graph = Graph(list(ctx.inputs), [(f"out{i}", o.node) for i, o in enumerate(outs)],
                       list(ctx.updates), name="jit")      # a layer forced to train mode
+        return ctx, graph, single
+
+    def _other_length(self, args, graph, general):
+        """(the function generalised at n and n + 1, at n + 1, the outputs whose axis 0 is
+        the batch length), or None: one artifact for every batch length up to n, as for
+        steps (graphflux.compiled); an output with the batch length in another axis would
+        not be a prefix of the capacity's, so it compiles per length."""
+        batched = batch_arguments(args)
+        if not batched or general in self._per_length:
+            return None
+        n = args[batched[0]].shape[0]
+        other = [np.broadcast_to(np.zeros((1,) + a.shape[1:], a.dtype), (n + 1,) + a.shape[1:])
+                 if i in batched else a for i, a in enumerate(args)]
+        try:
+            graph_b = self._trace(other)[1]
+            ga, gb = generalise(graph, graph_b, n, n + 1)
+            outputs = []
+            for (name, a), (_, b) in zip(graph.outputs, graph_b.outputs):
+                if a.shape[1:] != b.shape[1:]:
+                    raise NotSymbolic(f"output {name} has the batch length in an axis "
+                                      "other than its first")
+                if a.shape[:1] != b.shape[:1]:
+                    outputs.append(name)
+            return ga, gb, n, outputs
+        except Exception as e:  # noqa: BLE001 -- any failure means: per batch length
+            self._per_length[general] = f"{type(e).__name__}: {e}"
+            return None
+
+    def _compile(self, args, sig):
+        t = time.perf_counter()
+        reason = self._why or describe_change(self._last, sig)
+        ctx, graph, single = self._trace(args)
         seconds = {"trace": time.perf_counter() - t}
-        art, how = cached_artifact(graph, "jit", lambda: graph, seconds, outs[0].dtype)
+        general = general_signature(args)
+        other = self._other_length(args, graph, general)
+        entry = None
+        if other is not None:
+            ga, gb, n, outputs = other
+            try:
+                art, how = cached_artifact(graph, f"jit batch<={n}", lambda: ga, seconds,
+                                           graph.outputs[0][1].dtype,
+                                           batch=lambda: (gb, n + 1, n))
+                entry = _JitEntry(art, ctx, graph, single, batch_arguments(args)[0], outputs)
+                self._general[general] = entry
+            except NotSymbolic as e:
+                self._per_length[general] = str(e)
+        if entry is None:
+            art, how = cached_artifact(graph, "jit", lambda: graph, seconds,
+                                       graph.outputs[0][1].dtype)
+            entry = _JitEntry(art, ctx, graph, single)
         if how == "compiled":
             disk_cache().store(art.stats["key"], art)
-        entry = _JitEntry(art, ctx, graph, single)
         self._last, self._why = sig, None
         self._generation = bindings.GENERATION[0]
-        log.info("%s jit function in %.3f s: %s", how, time.perf_counter() - t, reason)
+        lengths = (f" (serves batch lengths up to {entry.capacity})" if entry.capacity else
+                   f" (per batch length: {self._per_length[general]})"
+                   if general in self._per_length else "")
+        log.info("%s jit function in %.3f s: %s%s", how, time.perf_counter() - t, reason,
+                 lengths)
         return entry
 
     def __call__(self, *args):
@@ -103,7 +171,7 @@ class Jitted:
                 ex.bind(("data", i), args[i])
             for buf, arr in entry.copies:
                 np.copyto(buf, arr)
-            _, outs = ex.run()
+            outs = entry.run(args)
         values = [outs[f"out{i}"] for i in range(len(outs))]
         return values[0] if entry.single else tuple(values)
 

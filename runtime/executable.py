@@ -42,13 +42,17 @@ class Executable:
         pointer there directly (`native.pointers[slot] = address`)."""
         return self.input_slot[ref]
 
-    def run(self, scalars=()):
-        """Run once with fresh output arrays; returns (status, {name: array})."""
+    def run(self, scalars=(), rows=None):
+        """Run once with fresh output arrays; returns (status, {name: array}). `rows`: the
+        outputs of a batch-symbolic step to make that many rows long instead of its capacity
+        (their first axis is the batch length, so the step writes a prefix of the rows)."""
         if len(self._bound) != len(self.input_slot):
             missing = [ref for ref in self.input_slot if ref not in self._bound]
             raise RuntimeError(f"graph inputs not bound: {missing}")
         outs = {}
         for name, slot, shape, dtype in self.outputs:
+            if rows and name in rows:
+                shape = (rows[name],) + shape[1:]
             arr = np.empty(shape, dtype)
             outs[name] = arr
             self.native.pointers[slot] = arr.ctypes.data

@@ -149,3 +149,36 @@ def test_a_nan_in_a_shorter_batch_names_its_item_and_writes_nothing():
     for p, q in zip(gf.params(m), before):
         assert p.tobytes() == q.tobytes()
     assert np.isfinite(step(x[:7], y[:7]))
+
+
+def jit_compiles(caplog):
+    return [r.getMessage() for r in caplog.records
+            if r.name == "graphflux" and "jit function" in r.getMessage()
+            and "compiled" in r.getMessage()]
+
+
+def test_a_jitted_model_runs_any_shorter_batch_on_one_artifact(caplog):
+    m = gf.Chain(model(8), gf.softmax)
+    x, _ = data(40)
+    f = gf.jit(m)
+    col_mean = gf.jit(lambda x: gf.mean(m(x), axis=0))       # a mean over the batch: 1/n
+    with caplog.at_level(logging.INFO, logger="graphflux"):
+        for n in (40, 23, 1, 40):
+            out = f(x[:n])
+            assert out.shape == (n, 5)
+            np.testing.assert_allclose(out, m(x[:n]), rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(col_mean(x[:n]), m(x[:n]).mean(axis=0), rtol=1e-5,
+                                       atol=1e-7)
+    assert len(jit_compiles(caplog)) == 2
+    assert all("serves batch lengths up to 40" in msg for msg in jit_compiles(caplog))
+
+
+def test_a_jitted_output_with_the_batch_length_in_another_axis_compiles_per_length(caplog):
+    m = model(9)
+    f = gf.jit(lambda x: gf.transpose(m(x)))
+    x, _ = data(12)
+    with caplog.at_level(logging.INFO, logger="graphflux"):
+        for n in (12, 5):
+            np.testing.assert_allclose(f(x[:n]), m(x[:n]).T, rtol=1e-5, atol=1e-7)
+    messages = jit_compiles(caplog)
+    assert len(messages) == 2 and "an axis other than its first" in messages[0]
