@@ -144,6 +144,7 @@ class _Entry:
         self.capacity = art.binary.batch_capacity
         self.batch_scalars = [(k, ref) for k, ref in enumerate(art.binary.scalar_refs)
                               if ref[0] == "batch"]
+        self.length = None       # the batch length the scalars vector holds
         self.batch_arg = min((n.attrs["ref"][1] for n in traced.graph.inputs
                               if n.attrs.get("role") == "data" and n.shape),
                              default=None) if self.capacity else None
@@ -389,8 +390,10 @@ class CompiledStep:
             entry.scalars[:len(values)] = values
         if entry.capacity:
             n = batch[entry.batch_arg].shape[0]
-            for k, ref in entry.batch_scalars:
-                entry.scalars[k] = batch_scalar_value(ref, n)
+            if n != entry.length:           # written once per length, not per step
+                for k, ref in entry.batch_scalars:
+                    entry.scalars[k] = batch_scalar_value(ref, n)
+                entry.length = n
         status = native()
         loss = entry.loss.item()
         if status:
