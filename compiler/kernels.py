@@ -186,22 +186,23 @@ class GemmKernel(Kernel):
     pack_b: Buffer = None
     thread_scratch: Buffer = None
     nodes: list = field(default_factory=list)
+    epilogue: "LoopKernel" = None     # run on each block of `out` when final (compiler.epilogue)
     kind = "gemm"
 
     def dimensions(self):
         return (self.m, self.n, self.k)
 
     def reads(self):
-        return [self.a, self.b]
+        return [self.a, self.b] + (self.epilogue.reads() if self.epilogue else [])
 
     def writes(self):
-        return [self.out]
+        return [self.out] + (self.epilogue.writes() if self.epilogue else [])
 
     def scratch(self):
         return [self.pack_a, self.pack_b, self.thread_scratch]
 
     def flops(self):
-        return 2 * self.m * self.n * self.k
+        return 2 * self.m * self.n * self.k + (self.epilogue.flops() if self.epilogue else 0)
 
     def structure(self):
         return None          # a call into the GEMM library: nothing emitted per kernel

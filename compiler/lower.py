@@ -21,7 +21,7 @@ from . import thread_pool
 from . import transcendental as tr
 from .batch_axis import BATCH_LENGTH
 from .loops import I64, for_range, gep, i64, smin
-from .matmul import SCRATCH_BYTES, declare_gemm, pack_elements
+from .matmul import EPILOGUE_TYPE, SCRATCH_BYTES, declare_gemm, pack_elements
 from .ops import RANDOM_MIX
 from .scalar_library import declare as declare_scalar
 
@@ -198,33 +198,57 @@ def emit_loop_kernel(module, kern, name):
                       st=st: b.store(init, gep(b, base, element_offset(
                           b, off, idx, [st[d] for d in kept]), ty)))
 
-    def body(indices):
-        def offset(lay, st):
-            return element_offset(b, kern.relative(lay), indices, st)
-        loaded, results = [], []
-        for lay, st in zip(kern.inputs, strides[:n_in]):
-            lty = llvm_type(lay.dtype)
-            v = b.load(gep(b, arg[id(lay.buffer)], offset(lay, st), lty), typ=lty)
-            loaded.append(_convert(b, v, lay.dtype, ty))
+    loop_nest(b, extents, lambda indices: _element(b, module, kern, arg, strides, indices))
+    b.ret_void()
+    return fn
 
-        def value(ref):
-            kind, x = ref
-            return loaded[x] if kind == "in" else results[x] if kind == "op" else \
-                ir.Constant(ty, x)
-        for fn_name, args in kern.calls:
-            constants = {k: x for k, (kind, x) in enumerate(args) if kind == "num"}
-            results.append(b.call(declare_scalar(module, fn_name, ty, constants),
-                                  [value(a) for a in args if a[0] != "num"]))
-        for (lay, ref, mode), st in zip(kern.outputs, strides[n_in:]):
-            v = value(ref)
-            p = gep(b, arg[id(lay.buffer)], offset(lay, st), ty)
-            if mode == "sum":
-                v = b.fadd(b.load(p, typ=ty), v, flags=REDUCE_FLAGS)
-            elif mode == "max":
-                v = tr.call(b, "maximum", ty, b.load(p, typ=ty), v)
-            b.store(v, p)
 
-    loop_nest(b, extents, body)
+def _element(b, module, kern, arg, strides, indices):
+    """One element of a loop kernel at `indices`: load its inputs, evaluate its calls, store
+    or accumulate its outputs (`strides`: per layout, over the loops `indices` count)."""
+    ty = llvm_type(kern.dtype)
+    n_in = len(kern.inputs)
+
+    def offset(lay, st):
+        return element_offset(b, kern.relative(lay), indices, st)
+    loaded, results = [], []
+    for lay, st in zip(kern.inputs, strides[:n_in]):
+        lty = llvm_type(lay.dtype)
+        v = b.load(gep(b, arg[id(lay.buffer)], offset(lay, st), lty), typ=lty)
+        loaded.append(_convert(b, v, lay.dtype, ty))
+
+    def value(ref):
+        kind, x = ref
+        return loaded[x] if kind == "in" else results[x] if kind == "op" else ir.Constant(ty, x)
+    for fn_name, args in kern.calls:
+        constants = {k: x for k, (kind, x) in enumerate(args) if kind == "num"}
+        results.append(b.call(declare_scalar(module, fn_name, ty, constants),
+                              [value(a) for a in args if a[0] != "num"]))
+    for (lay, ref, mode), st in zip(kern.outputs, strides[n_in:]):
+        v = value(ref)
+        p = gep(b, arg[id(lay.buffer)], offset(lay, st), ty)
+        if mode == "sum":
+            v = b.fadd(b.load(p, typ=ty), v, flags=REDUCE_FLAGS)
+        elif mode == "max":
+            v = tr.call(b, "maximum", ty, b.load(p, typ=ty), v)
+        b.store(v, p)
+
+
+def emit_epilogue(module, kern, name):
+    """`void name.epilogue(ptr args, i64 row0, i64 col0, i64 rows, i64 cols)`: the loop
+    kernel `kern` (over a product's (m, n) output, elementwise) on one block of rows and
+    columns, called by the GEMM as each block of C is finished, while it is in cache; `args`
+    holds its buffers' pointers."""
+    fn = ir.Function(module, EPILOGUE_TYPE, name=name + ".epilogue")
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    words, row0, col0, rows, cols = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    arg = {id(buf): b.inttoptr(b.load(gep(b, words, k, I64), typ=I64), PTR)
+           for k, buf in enumerate(kern.buffers())}
+    strides = [lay.strides for lay in kern.layouts()]
+    loop_nest(b, [(row0, b.add(row0, rows)), (col0, b.add(col0, cols))],
+              lambda indices: _element(b, module, kern, arg, strides, indices))
     b.ret_void()
     return fn
 
@@ -359,15 +383,19 @@ class _Body:
             fn = self.owner.functions[key] = emit(self.module, kern, kern.name)
         return fn
 
-    def call_function(self, kern, emit):
-        """Call the kernel's function with, for each buffer, a pointer to the first byte the
-        kernel touches (its code holds offsets relative to that, so it is shareable). A
-        ranged kernel is split across the thread pool when the pool says it pays."""
-        b = self.b
+    def pointers(self, kern):
+        """For each buffer of `kern`, a pointer to the first byte the kernel touches (its code
+        holds offsets relative to that, so it is shareable)."""
         origins = kern.origins()
-        args = [b.gep(self.base(buf), [i64(origins[id(buf)])], inbounds=True,
-                      source_etype=ir.IntType(8)) if origins[id(buf)] else self.base(buf)
+        return [self.b.gep(self.base(buf), [i64(origins[id(buf)])], inbounds=True,
+                           source_etype=ir.IntType(8)) if origins[id(buf)] else self.base(buf)
                 for buf in kern.buffers()]
+
+    def call_function(self, kern, emit):
+        """Call the kernel's function with its buffers' pointers (`pointers`). A ranged
+        kernel is split across the thread pool when the pool says it pays."""
+        b = self.b
+        args = self.pointers(kern)
         fn = self.function(kern, emit)
         kern.function = fn.name          # shared by identical kernels: the listing says so
         tail = [self.batch_length()] if kern.batch else []
@@ -440,16 +468,29 @@ class _Body:
 
 def _call_gemm(body, kern):
     """A call into the GEMM library; its batch dimensions (of m, n, k) run to the run-time
-    batch length, and C's row stride is its layout's (planned at the capacity)."""
+    batch length, and C's row stride is its layout's (planned at the capacity). An epilogue
+    (compiler.epilogue) goes as a function and its buffers' pointers."""
+    b = body.b
     dtype = np.dtype(kern.out.dtype)
     fn = declare_gemm(body.module, llvm_type(dtype), body.vector_width[dtype])
-    sizes = [run_extent(body.b, v, d in kern.batch, body.batch_length(), kern.capacity)
+    sizes = [run_extent(b, v, d in kern.batch, body.batch_length(), kern.capacity)
              if d in kern.batch else i64(v) for d, v in enumerate(kern.dimensions())]
     ldc = kern.out.strides[0] if kern.m > 1 else kern.n
-    body.b.call(fn, [body.at(kern.a), body.at(kern.b), body.at(kern.out),
-                     body.base(kern.pack_a), body.base(kern.pack_b),
-                     body.base(kern.thread_scratch)]
-                + sizes + [i64(v) for v in kern.a.strides + kern.b.strides] + [i64(ldc)])
+    epilogue, words = ir.Constant(ir.PointerType(EPILOGUE_TYPE), None), ir.Constant(PTR, None)
+    if kern.epilogue is not None:
+        epi = kern.epilogue
+        key = ("epilogue",) + epi.structure()
+        epilogue = body.owner.functions.get(key)
+        if epilogue is None:
+            epilogue = body.owner.functions[key] = emit_epilogue(body.module, epi, epi.name)
+        epi.function = epilogue.name
+        words = body.task_arguments(len(epi.buffers()))
+        for k, ptr in enumerate(body.pointers(epi)):
+            b.store(b.ptrtoint(ptr, I64), gep(b, words, k, I64))
+    b.call(fn, [body.at(kern.a), body.at(kern.b), body.at(kern.out), body.base(kern.pack_a),
+                body.base(kern.pack_b), body.base(kern.thread_scratch)]
+           + sizes + [i64(v) for v in kern.a.strides + kern.b.strides] + [i64(ldc)]
+           + [epilogue, words])
 
 
 def _call_finite_check(body, kern):
@@ -472,6 +513,8 @@ def _describe(kern, names):
     nodes = ", ".join(names.get(n.id, "?") for n in kern.nodes)
     lines = sorted({n.source for n in kern.nodes if n.source})
     text = f"{kern.name}: {kern.kind}" + (f" of {nodes}" if nodes else "")
+    if getattr(kern, "epilogue", None) is not None:
+        text += f" with epilogue {kern.epilogue.name}"
     return text + (f" from {'; '.join(lines)}" if lines else "")
 
 

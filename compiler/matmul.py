@@ -129,7 +129,7 @@ def gemm_name(ty, vw):
 
 
 MAX_THREADS = 16
-N_ARGS = 14
+N_ARGS = 18
 SCRATCH_BYTES = MAX_THREADS * N_ARGS * 8   # each block's arguments
 MIN_SPLIT_FLOPS = 1 << 16
 """Products below this never split (their packing buffers have one share); above it the thread
@@ -137,16 +137,24 @@ pool decides at run time (compiler.thread_pool, gf_pool_ways) from the measured 
 split."""
 
 
+EPILOGUE_TYPE = ir.FunctionType(ir.VoidType(), [ir.PointerType()] + [I64] * 4)
+"""void epilogue(ptr args, i64 row0, i64 col0, i64 rows, i64 cols): run on each block of C
+as soon as it is final (compiler.epilogue)."""
+
+
 def _gemm_type():
-    """(A, B, C, packA, packB, scratch, M, N, K, sam, sak, sbk, sbn, ldc)"""
+    """(A, B, C, packA, packB, scratch, M, N, K, sam, sak, sbk, sbn, ldc, epilogue, its args)"""
     ptr = ir.PointerType()
-    return ir.FunctionType(ir.VoidType(), [ptr] * 6 + [I64] * 8)
+    return ir.FunctionType(ir.VoidType(), [ptr] * 6 + [I64] * 8
+                           + [ir.PointerType(EPILOGUE_TYPE), ptr])
 
 
 def _serial_type():
-    """(A, B, C, packA, packB, M, N, K, sam, sak, sbk, sbn, ldc, nc_cap)"""
+    """(A, B, C, packA, packB, M, N, K, sam, sak, sbk, sbn, ldc, nc_cap, epilogue, its args,
+    row0, col0): row0 and col0 place this C in the whole product's, for the epilogue."""
     ptr = ir.PointerType()
-    return ir.FunctionType(ir.VoidType(), [ptr] * 5 + [I64] * 9)
+    return ir.FunctionType(ir.VoidType(), [ptr] * 5 + [I64] * 9
+                           + [ir.PointerType(EPILOGUE_TYPE), ptr, I64, I64])
 
 
 def declare_gemm(module, ty, vw):
@@ -193,12 +201,13 @@ def _define_parallel(module, name, serial, ty, vw):
     task.linkage = "internal"
     tb = ir.IRBuilder(task.append_basic_block("entry"))
     base = tb.mul(task.args[1], i64(N_ARGS))
-    tb.call(serial, [tb.load(gep(tb, task.args[0], tb.add(base, i64(i)), I64),
-                             typ=ptr if i < 5 else I64) for i in range(N_ARGS)])
+    kinds = [ptr] * 5 + [I64] * 9 + [ir.PointerType(EPILOGUE_TYPE), ptr, I64, I64]
+    tb.call(serial, [tb.load(gep(tb, task.args[0], tb.add(base, i64(i)), I64), typ=kind)
+                     for i, kind in enumerate(kinds)])
     tb.ret_void()
 
     fn = ir.Function(module, _gemm_type(), name=name)
-    A, B, C, PA, PB, scratch, M, N, K, sam, sak, sbk, sbn, ldc = fn.args
+    A, B, C, PA, PB, scratch, M, N, K, sam, sak, sbk, sbn, ldc, epi, epi_args = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     flops = b.mul(b.mul(b.mul(M, N), K), i64(2))
     size = 4 if is_f32 else 8
@@ -211,7 +220,8 @@ def _define_parallel(module, name, serial, ty, vw):
     par_bb, ser_bb = fn.append_basic_block("parallel"), fn.append_basic_block("serial")
     b.cbranch(parallel, par_bb, ser_bb)
     b.position_at_end(ser_bb)
-    b.call(serial, [A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc, i64(NC[is_f32])])
+    b.call(serial, [A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc, i64(NC[is_f32]),
+                    epi, epi_args, i64(0), i64(0)])
     b.ret_void()
 
     b.position_at_end(par_bb)
@@ -233,7 +243,8 @@ def _define_parallel(module, name, serial, ty, vw):
         n = b.select(by_cols, length, N)
         return [gep(b, A, a_off, ty), gep(b, B, b_off, ty), gep(b, C, c_off, ty),
                 gep(b, PA, b.mul(i, pa_size), ty), gep(b, PB, b.mul(i, pb_size), ty),
-                m, n, K, sam, sak, sbk, sbn, ldc, i64(NC[is_f32])]
+                m, n, K, sam, sak, sbk, sbn, ldc, i64(NC[is_f32]), epi, epi_args,
+                b.select(by_cols, i64(0), start), b.select(by_cols, start, i64(0))]
 
     def write_args(i):
         for k, v in enumerate(block_args(i)):
@@ -279,7 +290,8 @@ def _define_gemm(module, name, ty, vw):
     uk = _micro_kernel(module, name + ".uk", ty, vw)
     fn = ir.Function(module, _serial_type(), name=name)
     fn.linkage = "internal"
-    A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc, nc_cap_arg = fn.args
+    A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc, nc_cap_arg, epi, epi_args, r0, c0 = \
+        fn.args
     for a in fn.args[:5]:
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -355,6 +367,10 @@ def _define_gemm(module, name, ty, vw):
                         b.call(uk, [a_panel, b_panel, c_tile, ldc, kc, first, rows, cols])
                     for_range(b, 0, mpanels, ir_body, name="ir")
                 for_range(b, 0, npanels, jr_body, name="jr")
+                final = b.icmp_signed(">=", b.add(pc, kc), K)
+                with b.if_then(b.and_(final, b.icmp_unsigned("!=", epi, ir.Constant(
+                        epi.type, None)))):
+                    b.call(epi, [epi_args, b.add(r0, ic), b.add(c0, jc), mc, nc])
             for_range(b, 0, M, ic_body, step=mc_max, name="ic")
         for_range(b, 0, K, pc_body, step=kc_max, name="pc")
     for_range(b, 0, N, jc_body, step=nc_max, name="jc")
