@@ -5,7 +5,8 @@ Every step engine resolves `gf_pool_run` and `gf_pool_ways` against this one cop
 with `llvm.add_symbol`), so all steps share one set of workers. At start the pool measures,
 on this machine, what a split costs -- a hand-off to a worker, and moving cache lines that
 one core wrote to the other -- and gives those figures to the split decision (gf_pool_ways).
-About 10 ms, once per process."""
+The measuring (about 40 ms) runs on a thread of its own; until it is done the pool splits
+nothing on its own account."""
 import atexit
 import contextlib
 import ctypes
@@ -26,6 +27,8 @@ FAST_RATES = {"elements": 4.0, "flops": 60.0}
 """Work per nanosecond on one core, at the fast end of what kernels reach here (AVX2
 elementwise kernels, and the GEMM's micro-kernel): estimating a kernel's serial time at these
 rates under-estimates it, so the split decision errs towards running serially."""
+ASSUMED_HZ = 3e9
+"""The cycle counter's rate the spin budgets assume until the pool has measured it."""
 PROBE_BYTES = (16 << 10, 128 << 10)
 """The two amounts of data whose move between the cores is timed: the cost of a split is
 fitted as fixed + per line from them (measured on a 2-core EPYC VM: 4-5 us + 13 ns a line)."""
@@ -54,20 +57,16 @@ class ThreadPool:
         self._transfer = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                           ctypes.c_void_p, ctypes.c_int64)(
             self._function("time_transfer"))
-        from .native import cycle_counter_hz
-        self.hz = cycle_counter_hz(0.01)   # 1% is plenty for spin budgets
-        self._word("spin_cycles").value = int(SPIN_SECONDS * self.hz)
-        self._word("wait_cycles").value = int(WAIT_SECONDS * self.hz)
+        self.hz = ASSUMED_HZ
+        self._set_budgets()
         self.threads = threads
         self.workers = self._start(threads)
         self.cache_bytes = _private_cache_bytes()
-        self.handoff_ns, self.fixed_ns, self.line_ns = self._calibrate() if self.workers \
-            else (0.0, 0.0, 0.0)
-        for k, kind in enumerate(thread_pool.WORK_KINDS):
-            self._word("ps_per_work", k).value = int(round(1000 / FAST_RATES[kind]))
-        self._word("fixed_ps").value = int(self.fixed_ns * 1000)
-        self._word("line_ps").value = int(self.line_ns * 1000)
-        self._word("cache_bytes").value = self.cache_bytes
+        self.handoff_ns = self.fixed_ns = self.line_ns = 0.0
+        self._calibration = threading.Thread(target=self._calibrate, name="graphflux-pool",
+                                             daemon=True)
+        if self.workers:
+            self._calibration.start()
         atexit.register(self.stop)
         os.register_at_fork(after_in_child=self._forget_workers)
 
@@ -81,7 +80,35 @@ class ThreadPool:
         base = self._engine.get_global_value_address(thread_pool.symbol(name))
         return ctypes.c_int64.from_address(base + 8 * index)
 
-    def _calibrate(self, reps=200):
+    def _set_budgets(self):
+        self._word("spin_cycles").value = int(SPIN_SECONDS * self.hz)
+        self._word("wait_cycles").value = int(WAIT_SECONDS * self.hz)
+
+    def _calibrate(self):
+        """Measure, on a thread of its own so no compile waits for it, what a split costs
+        here, and hand the figures to the split decision; until then nothing is split by the
+        model. Rounds that another dispatch ran serially are measured again."""
+        from .native import cycle_counter_hz
+        self.hz = cycle_counter_hz(0.01)
+        self._set_budgets()
+        for attempt in range(20):
+            before = self.dispatches()
+            figures = self._measure()
+            if self.dispatches() - before == self._rounds:
+                break
+            threading.Event().wait(0.01)
+        self.handoff_ns, self.fixed_ns, self.line_ns = figures
+        for k, kind in enumerate(thread_pool.WORK_KINDS):
+            self._word("ps_per_work", k).value = int(round(1000 / FAST_RATES[kind]))
+        self._word("fixed_ps").value = int(self.fixed_ns * 1000)
+        self._word("line_ps").value = int(self.line_ns * 1000)
+        self._word("cache_bytes").value = self.cache_bytes
+        self._word("calibrated").value = 1
+
+    _REPS = 200
+    _rounds = _REPS * (1 + 2 * len(PROBE_BYTES))
+
+    def _measure(self, reps=_REPS):
         """(hand-off, fixed cost of a split, cost per cache line moved), in ns: the median of
         `reps` two-chunk tasks whose chunks wait for each other (so the worker really takes
         part), and a fit of moving PROBE_BYTES from the worker to the caller, less the same
@@ -107,6 +134,8 @@ class ThreadPool:
 
     def stop(self):
         """Join the workers (at exit: their code must not be unmapped under them)."""
+        if self._calibration.is_alive():
+            self._calibration.join()
         if self.workers:
             self._stop()
             self.workers = 0
@@ -137,7 +166,10 @@ class ThreadPool:
             word.value = old
 
     def settings(self):
-        """What the pool decided on this machine: for `graphflux bench` and the README."""
+        """What the pool measured on this machine (waiting for it): for `graphflux bench`
+        and the README."""
+        if self._calibration.is_alive():
+            self._calibration.join()
         return {"threads": self.workers + 1, "handoff_us": round(self.handoff_ns / 1e3, 3),
                 "split_fixed_us": round(self.fixed_ns / 1e3, 2),
                 "ns_per_line_moved": round(self.line_ns, 1), "private_cache_kib":
