@@ -11,10 +11,9 @@ import time
 import numpy as np
 
 import graphflux as gf
+from graphflux import hand_numpy
 from graphflux.bench import _times, build, machine, workloads
 
-sys.path.insert(0, os.path.dirname(__file__))
-import hand_numpy  # noqa: E402
 
 COLD = """
 import time, numpy as np, graphflux as gf

@@ -10,18 +10,16 @@ would share a core with the other's spinning threads and pay for it.
 
 Usage: python benchmarks/threads.py [rounds] [workload ...]  (rounds: a multiple of 3)"""
 import json
-import os
 import sys
 import time
 
 import numpy as np
 
 import graphflux as gf
+from graphflux import hand_numpy
 from graphflux.bench import _times, build, machine, workloads
 from graphflux.runtime.pool import pool
 
-sys.path.insert(0, os.path.dirname(__file__))
-import hand_numpy  # noqa: E402
 
 SETTLE_S = 0.5
 

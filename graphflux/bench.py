@@ -73,8 +73,15 @@ def sgemm_rate(n=2048, repeats=5):
     return 2.0 * n ** 3 / float(np.median(times)) / 1e9
 
 
+SETTLE_S = 0.3
+"""A pause before each timed block: OpenBLAS's threads spin for about 0.1 s after a product
+(and graphflux's workers for 0.25 ms after a kernel), so a block timed right after another
+would share a core with them."""
+
+
 def measure(name, spec, steps=200, check_steps=20, peak=None):
     import graphflux as gf
+    from graphflux.hand_numpy import for_workload
     result = {"workload": name}
     losses = {}
     for mode in ("compiled", "eager"):
@@ -87,9 +94,17 @@ def measure(name, spec, steps=200, check_steps=20, peak=None):
             result["flops"] = int(step.lower(x, y).stats["flops"])
         losses[mode] = [step(x, y) for _ in range(check_steps)]
         n = steps if mode == "compiled" else max(steps // 4, 20)
+        time.sleep(SETTLE_S)
         us = _times(lambda: step(x, y), n)
         result[f"{mode}_median_us"] = float(np.median(us))
         result[f"{mode}_iqr_us"] = float(np.subtract(*np.percentile(us, [75, 25])))
+    model, _, _, _, x, y = build(spec)
+    hand = for_workload(name, model)
+    hand.step(x, y)
+    time.sleep(SETTLE_S)
+    result["numpy_median_us"] = float(np.median(_times(lambda: hand.step(x, y),
+                                                       max(steps // 4, 20))))
+    result["compiled_per_numpy"] = result["compiled_median_us"] / result["numpy_median_us"]
     result["speedup"] = result["eager_median_us"] / result["compiled_median_us"]
     result["gflops"] = result["flops"] / result["compiled_median_us"] / 1e3
     if peak:
@@ -101,6 +116,7 @@ def measure(name, spec, steps=200, check_steps=20, peak=None):
         if other is None:
             continue
         first = [other(x, y) for _ in range(check_steps + 1)]
+        time.sleep(SETTLE_S)
         us = _times(lambda: other(x, y), max(steps // 4, 20))
         result[f"{label}_median_us"] = float(np.median(us))
         result[f"{label}_first_loss"] = first[0]
@@ -135,6 +151,11 @@ def run(names=None, steps=200, as_json=False):
                 os.environ["GRAPHFLUX_CACHE_DIR"] = previous
 
 
+def pool_settings():
+    from graphflux.runtime.pool import pool
+    return pool().settings()
+
+
 def _run(names, steps, as_json):
     specs = workloads()
     names = names or list(specs)
@@ -146,18 +167,19 @@ def _run(names, steps, as_json):
     extra = [k[:-len("_median_us")] for k in ("pytorch_median_us", "jax_median_us")
              if any(k in r for r in results)]
     if as_json:
-        print(json.dumps({"machine": machine(), "sgemm_gflops": peak, "results": results},
-                         indent=2))
+        print(json.dumps({"machine": machine(), "sgemm_gflops": peak, "pool": pool_settings(),
+                          "results": results}, indent=2))
         return results
     m = machine()
     print(f"machine: {m['cpu']}, {m['cores']} cores, python {m['python']}, numpy {m['numpy']}; "
-          f"numpy sgemm 2048^2: {peak:.1f} GFLOP/s")
+          f"numpy sgemm 2048^2: {peak:.1f} GFLOP/s; thread pool: {pool_settings()}")
     print(f"{'workload':10s} {'compiled us':>12s} {'+-iqr':>7s} {'eager us':>10s} {'ratio':>6s} "
-          f"{'compile s':>9s}  losses agree {'GFLOP/s':>8s} {'% sgemm':>8s}"
-          + "".join(f" {e + ' us':>12s}" for e in extra))
+          f"{'numpy us':>9s} {'c/numpy':>7s} {'compile s':>9s}  losses agree {'GFLOP/s':>8s} "
+          f"{'% sgemm':>8s}" + "".join(f" {e + ' us':>12s}" for e in extra))
     for r in results:
         print(f"{r['workload']:10s} {r['compiled_median_us']:12.1f} {r['compiled_iqr_us']:7.1f} "
-              f"{r['eager_median_us']:10.1f} {r['speedup']:6.1f} {r['compile_s']:9.2f}  "
+              f"{r['eager_median_us']:10.1f} {r['speedup']:6.1f} {r['numpy_median_us']:9.1f} "
+              f"{r['compiled_per_numpy']:7.2f} {r['compile_s']:9.2f}  "
               f"{str(r['losses_agree']):12s} {r['gflops']:8.2f} {r['percent_of_sgemm']:8.1f}"
               + "".join(f" {r.get(e + '_median_us', float('nan')):12.1f}" for e in extra))
     return results

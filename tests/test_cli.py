@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import graphflux as gf
 from graphflux.cli import demo
 
 
@@ -135,16 +136,19 @@ def test_bench_text_table_has_every_workload_and_numbers_that_parse(capsys):
     assert lines[1].split()[:2] == ["workload", "compiled"] and "losses agree" in lines[1]
     (row,) = [line.split() for line in lines[2:]]
     assert row[0] == "tiny" and len(row) >= 7
-    # compiled us, +-iqr, eager us, ratio, compile s: all numbers (the compile may have been
-    # a cache hit in this process, so its time can print as 0.00)
-    compiled, iqr, eager, ratio, compile_s = map(float, row[1:6])
-    assert row[6] == "True"
-    assert compiled > 0 and eager > 0
+    # compiled us, +-iqr, eager us, ratio, hand numpy us, compiled / numpy, compile s: all
+    # numbers (the compile may have been a cache hit in this process, so it can print 0.00)
+    compiled, iqr, eager, ratio, numpy_us, per_numpy, compile_s = map(float, row[1:8])
+    assert row[8] == "True"
+    assert compiled > 0 and eager > 0 and numpy_us > 0
     # the printed ratio is eager / compiled (each printed to one decimal)
     assert abs(ratio - eager / compiled) <= 0.05 + 0.05 * (eager + compiled) / compiled ** 2
+    assert abs(per_numpy - compiled / numpy_us) <= 0.005 + 0.05 * (compiled + numpy_us) / \
+        numpy_us ** 2
     (r,) = results
     assert abs(r["compiled_median_us"] - compiled) <= 0.05
     assert abs(r["eager_median_us"] - eager) <= 0.05
+    assert abs(r["numpy_median_us"] - numpy_us) <= 0.05
     assert abs(r["compiled_iqr_us"] - iqr) <= 0.05 and abs(r["compile_s"] - compile_s) <= 0.005
 
 
@@ -184,3 +188,15 @@ def test_demo_plot_without_matplotlib_says_what_to_install(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit, match="pip install"):
         demo(epochs=1, out=io.StringIO(), plot=str(tmp_path / "x.png"))
+
+
+@pytest.mark.parametrize("name", ["seed-mlp", "tiny"])
+def test_the_hand_written_numpy_yardstick_trains_like_the_compiled_step(name):
+    """`graphflux bench`'s numpy column is the same work: same losses step after step."""
+    from graphflux.bench import build, workloads
+    from graphflux.hand_numpy import for_workload
+    model, ps, loss, opt, x, y = build(workloads()[name])
+    hand = for_workload(name, model)
+    step = gf.compile(loss, ps, opt)
+    for _ in range(3):
+        assert hand.step(x, y) == pytest.approx(step(x, y), rel=1e-4)
