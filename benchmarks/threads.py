@@ -1,6 +1,6 @@
 """What the thread pool buys: each workload's compiled step with the pool deciding (both
 cores where a kernel is worth splitting) against the same artifact with nothing split (one
-core), beside hand-written numpy, in one process.
+core), beside hand-written numpy and eager mode, in one process.
 
 The runners are timed in blocks, round after round in rotating order, with a pause before
 each block: numpy's
@@ -8,7 +8,7 @@ OpenBLAS threads spin for about 0.1 s after a product (OPENBLAS_THREAD_TIMEOUT's
 graphflux's workers for 0.25 ms after a kernel, so a block timed right after another runner
 would share a core with the other's spinning threads and pay for it.
 
-Usage: python benchmarks/threads.py [rounds] [workload ...]  (rounds: a multiple of 3)"""
+Usage: python benchmarks/threads.py [rounds] [workload ...]  (rounds: a multiple of 4)"""
 import json
 import sys
 import time
@@ -46,15 +46,19 @@ def main(rounds=5, names=None):
         model, ps, loss, opt, x, y = build(spec)
         hand = hand_numpy.for_workload(name, model)
         step = gf.compile(loss, ps, opt)
+        _, ps_e, loss_e, opt_e, _, _ = build(spec)
+        eager = gf.compile(loss_e, ps_e, opt_e, mode="eager")
         runners = {"numpy_us": (lambda: hand.step(x, y), "model"),
+                   "eager_us": (lambda: eager(x, y), "model"),
                    "compiled_us": (lambda: step(x, y), "model"),
                    "one_core_us": (lambda: step(x, y), "serial")}
         steps = 20 if name == "mlp-wide" else 200
         row = {"workload": name, **blocks(runners, rounds, steps)}
         row["compiled/numpy"] = row["compiled_us"] / row["numpy_us"]
+        row["eager/numpy"] = row["eager_us"] / row["numpy_us"]
         row["one_core/compiled"] = row["one_core_us"] / row["compiled_us"]
         print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 6, sys.argv[2:])
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 8, sys.argv[2:])
