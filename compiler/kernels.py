@@ -75,6 +75,8 @@ class Kernel:
     (compiler.batch_axis); empty in a step compiled for one batch length."""
     capacity = 0
     """The batch length the kernel's dimensions were planned at, when `batch` is not empty."""
+    chunks = 0
+    """Loop kernels only: > 0 when reductions over the first loop run in fixed chunks."""
 
     def dimensions(self):
         """The sizes the kernel's loops run over."""
@@ -149,6 +151,8 @@ class LoopKernel(Kernel):
     calls: list
     outputs: list
     nodes: list = field(default_factory=list)
+    chunks: int = 0          # > 0: reductions over the first loop in this many fixed chunks
+    partials: Buffer = None  # ... each chunk's partial results, added in chunk order after
     kind = "loop"
 
     def dimensions(self):
@@ -160,13 +164,16 @@ class LoopKernel(Kernel):
     def writes(self):
         return [lay for lay, _, _ in self.outputs]
 
+    def scratch(self):
+        return [self.partials] if self.partials is not None else []
+
     def flops(self):
         return sum(n.inputs[0].size if n.op.startswith("reduce") else n.size
                    for n in self.nodes if n.op != "unslice")
 
     def structure(self):
         bufs = self.buffers()
-        return (self.kind, self.shape, self.batch, np.dtype(self.dtype).str,
+        return (self.kind, self.shape, self.batch, self.chunks, np.dtype(self.dtype).str,
                 tuple(self._where(lay, bufs) for lay in self.inputs), tuple(self.calls),
                 tuple((self._where(lay, bufs), v, mode) for lay, v, mode in self.outputs))
 

@@ -84,6 +84,19 @@ class CpuBackend:
     def __init__(self, vector_width, threads):
         self.vector_width, self.threads = vector_width, threads
 
+    def reduction_chunks(self, kern):
+        """(chunks, partials bytes) for a loop kernel that reduces over its first loop and is
+        large enough to split, else (0, 0): it then sums in REDUCTION_CHUNKS fixed chunks,
+        each into its own partial results, added in chunk order -- the same order whatever
+        the thread count."""
+        partial = partial_outputs(kern)
+        rows = next((s for s in kern.shape if s != 1), 0)
+        if not partial or int(np.prod(kern.shape, dtype=np.int64)) < MIN_SPLIT_ELEMENTS or \
+                rows < REDUCTION_CHUNKS:
+            return 0, 0
+        per_chunk = sum(size for _, _, size in partial)
+        return REDUCTION_CHUNKS, REDUCTION_CHUNKS * per_chunk * np.dtype(kern.dtype).itemsize
+
     def gemm_buffers(self, m, n, k, dtype):
         """(packed A bytes, packed B bytes, thread scratch bytes) for an m x k @ k x n GEMM."""
         dtype = np.dtype(dtype)
@@ -91,12 +104,14 @@ class CpuBackend:
         return pa * dtype.itemsize, pb * dtype.itemsize, SCRATCH_BYTES
 
 
-def _kernel_function(module, name, n_buffers, ranged=False, batched=False):
+def _kernel_function(module, name, n_buffers, ranged=False, batched=False, chunked=False):
     """`void name(ptr buffers...)`; with `ranged` two more arguments `i64 lo, i64 hi`: the
     kernel runs rows [lo, hi) of its first loop, so the thread pool can split it; with
-    `batched` a last `i64 n`, the run-time batch length."""
+    `chunked` then `i64 chunk, ptr partials`: its reductions over that loop go to that
+    chunk's partial results; with `batched` a last `i64 n`, the run-time batch length."""
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * n_buffers
-                                             + [I64] * (2 * ranged + batched)), name=name)
+                                             + [I64] * (2 * ranged) + [I64, PTR] * chunked
+                                             + [I64] * batched), name=name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
@@ -116,6 +131,25 @@ SPLIT_ALIGN = 64
 the elements it would cover in a serial run and only the last chunk has a scalar tail."""
 
 
+REDUCTION_CHUNKS = 8
+"""A reduction over a split loop is summed in this many chunks, fixed by the kernel (not by
+the threads): each chunk's partial results are added in chunk order afterwards, so the result
+is the same on one thread or many."""
+
+
+def partial_outputs(kern):
+    """[(output index, offset in a chunk's partials, elements)] of a loop kernel's reduction
+    outputs that do not move along its first loop (a bias gradient's sum over the batch)."""
+    first = next((d for d, s in enumerate(kern.shape) if s != 1), None)
+    out, at = [], 0
+    for j, (lay, _, mode) in enumerate(kern.outputs):
+        if first is not None and mode in ("sum", "max") and lay.strides[first] == 0:
+            size = 1 + sum((n - 1) * st for n, st in zip(lay.shape, lay.strides) if st)
+            out.append((j, at, size))
+            at += size
+    return out
+
+
 def iteration(kern):
     """(loop shape, strides per layout, ranged, batch flag per loop) of a loop or finite-check
     kernel: its loops after collapsing, and whether its first loop may be split into ranges --
@@ -128,8 +162,9 @@ def iteration(kern):
         source = kern.shape if kern.kind == "loop" else kern.src.shape
         shape, strides, flags = _collapse(source, [lay.strides for lay in layouts], kern.batch)
         outputs = strides[len(kern.reads()):] if kern.kind == "loop" else []
-        ranged = (len(shape) > 0 and int(np.prod(shape, dtype=np.int64)) >= MIN_SPLIT_ELEMENTS
-                  and all(st[0] != 0 for st in outputs))
+        ranged = bool(kern.chunks) if kern.kind == "loop" and kern.chunks else (
+            len(shape) > 0 and int(np.prod(shape, dtype=np.int64)) >= MIN_SPLIT_ELEMENTS
+            and all(st[0] != 0 for st in outputs))
         cached = kern._iteration = (shape, strides, ranged, flags)
     return cached
 
@@ -180,7 +215,8 @@ def emit_loop_kernel(module, kern, name):
     ty = llvm_type(kern.dtype)
     buffers = kern.buffers()
     shape, strides, ranged, _ = iteration(kern)
-    fn = _kernel_function(module, name, len(buffers), ranged, bool(kern.batch))
+    fn = _kernel_function(module, name, len(buffers), ranged, bool(kern.batch),
+                          bool(kern.chunks))
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     n_in = len(kern.inputs)
@@ -188,26 +224,75 @@ def emit_loop_kernel(module, kern, name):
         b.ret_void()
         return fn
     extents = _extents(b, fn, kern, len(buffers))
+    into = {}                   # output index -> (base, offset): this chunk's partial results
+    if kern.chunks:
+        chunk, partials = fn.args[len(buffers) + 2:len(buffers) + 4]
+        per_chunk = sum(size for _, _, size in partial_outputs(kern))
+        for j, at, _ in partial_outputs(kern):
+            into[j] = (gep(b, partials, b.mul(chunk, i64(per_chunk)), ty), at)
 
-    for (lay, _, mode), st in zip(kern.outputs, strides[n_in:]):
+    for j, ((lay, _, mode), st) in enumerate(zip(kern.outputs, strides[n_in:])):
         if mode in ("sum", "max"):
             init = ir.Constant(ty, 0.0 if mode == "sum" else -np.inf)
-            base, off = arg[id(lay.buffer)], kern.relative(lay)
+            base, off = into.get(j, (arg[id(lay.buffer)], kern.relative(lay)))
             kept = [d for d in range(len(shape)) if st[d] != 0]
             loop_nest(b, [extents[d] for d in kept], lambda idx, base=base, off=off, kept=kept,
                       st=st: b.store(init, gep(b, base, element_offset(
                           b, off, idx, [st[d] for d in kept]), ty)))
 
-    loop_nest(b, extents, lambda indices: _element(b, module, kern, arg, strides, indices))
+    loop_nest(b, extents, lambda indices: _element(b, module, kern, arg, strides, indices,
+                                                   into))
     b.ret_void()
     return fn
 
 
-def _element(b, module, kern, arg, strides, indices):
+def emit_combine(module, kern, name):
+    """`void name.combine(ptr buffers..., ptr partials[, i64 n])`: each reduction output of
+    a chunked kernel (`partial_outputs`) = its chunks' partial results, added (or maxed) in
+    chunk order."""
+    ty = llvm_type(kern.dtype)
+    buffers = kern.buffers()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * (len(buffers) + 1)
+                                             + [I64] * bool(kern.batch)), name=name + ".combine")
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
+    partials = fn.args[len(buffers)]
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    shape, strides, _, flags = iteration(kern)
+    n = fn.args[-1] if kern.batch else None
+    extents = [run_extent(b, sz, f, n, kern.capacity) for sz, f in zip(shape, flags)]
+    per_chunk = sum(size for _, _, size in partial_outputs(kern))
+    n_in = len(kern.inputs)
+    for j, at, _ in partial_outputs(kern):
+        lay, _, mode = kern.outputs[j]
+        st = strides[n_in + j]
+        kept = [d for d in range(len(shape)) if st[d] != 0]
+
+        def one(idx, lay=lay, mode=mode, st=st, kept=kept, at=at):
+            steps = [st[d] for d in kept]
+            total = None
+            for c in range(kern.chunks):
+                v = b.load(gep(b, partials, element_offset(b, c * per_chunk + at, idx, steps),
+                               ty), typ=ty)
+                total = v if total is None else (
+                    b.fadd(total, v, flags=REDUCE_FLAGS) if mode == "sum" else
+                    tr.call(b, "maximum", ty, total, v))
+            b.store(total, gep(b, arg[id(lay.buffer)],
+                               element_offset(b, kern.relative(lay), idx, steps), ty))
+        loop_nest(b, [extents[d] for d in kept], one)
+    b.ret_void()
+    return fn
+
+
+def _element(b, module, kern, arg, strides, indices, into=None):
     """One element of a loop kernel at `indices`: load its inputs, evaluate its calls, store
-    or accumulate its outputs (`strides`: per layout, over the loops `indices` count)."""
+    or accumulate its outputs (`strides`: per layout, over the loops `indices` count; `into`:
+    output index -> (base, offset) where that output goes instead of its own buffer)."""
     ty = llvm_type(kern.dtype)
     n_in = len(kern.inputs)
+    into = into or {}
 
     def offset(lay, st):
         return element_offset(b, kern.relative(lay), indices, st)
@@ -224,9 +309,13 @@ def _element(b, module, kern, arg, strides, indices):
         constants = {k: x for k, (kind, x) in enumerate(args) if kind == "num"}
         results.append(b.call(declare_scalar(module, fn_name, ty, constants),
                               [value(a) for a in args if a[0] != "num"]))
-    for (lay, ref, mode), st in zip(kern.outputs, strides[n_in:]):
+    for j, ((lay, ref, mode), st) in enumerate(zip(kern.outputs, strides[n_in:])):
         v = value(ref)
-        p = gep(b, arg[id(lay.buffer)], offset(lay, st), ty)
+        if j in into:
+            base, at = into[j]
+            p = gep(b, base, element_offset(b, at, indices, st), ty)
+        else:
+            p = gep(b, arg[id(lay.buffer)], offset(lay, st), ty)
         if mode == "sum":
             v = b.fadd(b.load(p, typ=ty), v, flags=REDUCE_FLAGS)
         elif mode == "max":
@@ -408,24 +497,43 @@ class _Body:
         ways = b.call(thread_pool.declare_ways(self.module),
                       [i64(int(np.prod(shape, dtype=np.int64))), i64(split_bytes(kern)),
                        i64(thread_pool.WORK_KINDS.index("elements"))])
+        if kern.chunks:        # fixed chunks, whoever runs them, then added in order
+            partials = self.base(kern.partials)
+            per = b.sdiv(b.add(extent, i64(kern.chunks - 1)), i64(kern.chunks))
+            chunks = i64(kern.chunks)
         split, serial, after = (self.fn.append_basic_block(f"{kern.name}.{x}")
                                 for x in ("split", "serial", "after"))
         b.cbranch(b.icmp_signed(">", ways, i64(1)), split, serial)
-        b.position_at_end(serial)
-        b.call(fn, args + [i64(0), extent] + tail)
+        if kern.chunks:
+            b.position_at_end(serial)
+            for_range(b, 0, kern.chunks, lambda c: b.call(fn, args + [
+                b.mul(c, per), smin(b, b.mul(b.add(c, i64(1)), per), extent), c, partials]
+                + tail), name=f"{kern.name}.chunk")
+        else:
+            b.position_at_end(serial)
+            b.call(fn, args + [i64(0), extent] + tail)
         b.branch(after)
         b.position_at_end(split)
-        align = SPLIT_ALIGN if len(shape) == 1 else 1
-        per = b.sdiv(b.add(extent, b.sub(ways, i64(1))), ways)
-        per = b.mul(b.sdiv(b.add(per, i64(align - 1)), i64(align)), i64(align))
-        chunks = b.sdiv(b.add(extent, b.sub(per, i64(1))), per)
-        words = self.task_arguments(len(args) + 2 + len(tail))
-        for k, v in enumerate([b.ptrtoint(a, I64) for a in args] + [per, extent] + tail):
+        if not kern.chunks:
+            align = SPLIT_ALIGN if len(shape) == 1 else 1
+            per = b.sdiv(b.add(extent, b.sub(ways, i64(1))), ways)
+            per = b.mul(b.sdiv(b.add(per, i64(align - 1)), i64(align)), i64(align))
+            chunks = b.sdiv(b.add(extent, b.sub(per, i64(1))), per)
+        words = self.task_arguments(len(args) + 4)
+        extra = [per, extent, tail[0] if tail else i64(0)] + \
+            ([b.ptrtoint(partials, I64)] if kern.chunks else [])
+        for k, v in enumerate([b.ptrtoint(a, I64) for a in args] + extra):
             b.store(v, gep(b, words, k, I64))
-        task = self.task(fn, len(args), bool(tail))
+        task = self.task(fn, len(args), bool(tail), bool(kern.chunks))
         b.call(thread_pool.declare_run(self.module), [task, words, chunks])
         b.branch(after)
         b.position_at_end(after)
+        if kern.chunks:
+            key = ("combine",) + kern.structure()
+            combine = self.owner.functions.get(key)
+            if combine is None:
+                combine = self.owner.functions[key] = emit_combine(self.module, kern, kern.name)
+            b.call(combine, args + [partials] + tail)
 
     def batch_length(self):
         """The run-time batch length (i64), read from its host scalar at the function's entry."""
@@ -446,10 +554,10 @@ class _Body:
                 self.words_size = max(n, 16)
         return self.words
 
-    def task(self, fn, n_buffers, batched):
+    def task(self, fn, n_buffers, batched, chunked):
         """`void fn.task(ptr args, i64 chunk)`: rows [chunk * per, min(that + per, extent))
-        of `fn`, its buffers, (per, extent) and the batch length if `batched` read from
-        `args`."""
+        of `fn`; `args` holds its buffers, then per, extent, the batch length and, when
+        `chunked`, the partial results (the chunk's index is passed on)."""
         name = fn.name + ".task"
         if name in self.module.globals:
             return self.module.globals[name]
@@ -459,9 +567,11 @@ class _Body:
         words, chunk = task.args
         buffers = [b.inttoptr(b.load(gep(b, words, k, I64), typ=I64), PTR)
                    for k in range(n_buffers)]
-        per, extent, n = (b.load(gep(b, words, n_buffers + k, I64), typ=I64) for k in range(3))
+        per, extent, n, partials = (b.load(gep(b, words, n_buffers + k, I64), typ=I64)
+                                    for k in range(4))
         lo = b.mul(chunk, per)
-        b.call(fn, buffers + [lo, smin(b, b.add(lo, per), extent)] + [n] * batched)
+        b.call(fn, buffers + [lo, smin(b, b.add(lo, per), extent)]
+               + [chunk, b.inttoptr(partials, PTR)] * chunked + [n] * batched)
         b.ret_void()
         return task
 

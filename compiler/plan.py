@@ -143,6 +143,8 @@ class Planner:
             if value.id not in written:
                 updates.append(self._copy_kernel(self.layout(value), self.layout(target),
                                                  f"update_{target.attrs.get('name', target.id)}"))
+        for kern in self.kernels + updates:
+            self._chunk_reductions(kern)
         arena = assign_arena(self.kernels + updates, self.arena_buffers,
                              keep=[checks[0].flag.buffer] if checks else [])
         flops = sum(k.flops() for k in self.kernels + updates if k.kind != "finite_check")
@@ -247,6 +249,16 @@ class Planner:
             nodes, self._name("k", nodes), self.layout,
             lambda n: self._materialised(n, self._new_buffer(n)),
             lambda n: any(r not in ids for r in self.readers.get(n.id, ()))))
+
+    def _chunk_reductions(self, kern):
+        """A loop kernel reducing over its first loop gets the scratch for its per-chunk
+        partial results if the backend will split it (`backend.reduction_chunks`)."""
+        if kern.kind != "loop":
+            return
+        chunks, nbytes = self.backend.reduction_chunks(kern)
+        if chunks:
+            kern.chunks = chunks
+            kern.partials = Buffer("arena", nbytes, name=f"partials of {kern.name}")
 
     def _copy_kernel(self, src, dst, name):
         _check_dtype(dst.dtype, name)

@@ -29,6 +29,9 @@ elementwise kernels, and the GEMM's micro-kernel): estimating a kernel's serial 
 rates under-estimates it, so the split decision errs towards running serially."""
 ASSUMED_HZ = 3e9
 """The cycle counter's rate the spin budgets assume until the pool has measured it."""
+DISTURBED_NS = 50_000
+"""A median hand-off this slow means the worker was not running (both cores busy with other
+work): measure again later."""
 PROBE_BYTES = (16 << 10, 128 << 10)
 """The two amounts of data whose move between the cores is timed: the cost of a split is
 fitted as fixed + per line from them (measured on a 2-core EPYC VM: 4-5 us + 13 ns a line)."""
@@ -87,16 +90,17 @@ class ThreadPool:
     def _calibrate(self):
         """Measure, on a thread of its own so no compile waits for it, what a split costs
         here, and hand the figures to the split decision; until then nothing is split by the
-        model. Rounds that another dispatch ran serially are measured again."""
+        model. A measurement that another dispatch ran serially, or during which the worker
+        hardly ran (a compile keeping both cores busy), is taken again, up to 2 s later."""
         from .native import cycle_counter_hz
         self.hz = cycle_counter_hz(0.01)
         self._set_budgets()
-        for attempt in range(20):
+        for attempt in range(40):
             before = self.dispatches()
             figures = self._measure()
-            if self.dispatches() - before == self._rounds:
+            if self.dispatches() - before == self._rounds and figures[0] < DISTURBED_NS:
                 break
-            threading.Event().wait(0.01)
+            threading.Event().wait(0.05)
         self.handoff_ns, self.fixed_ns, self.line_ns = figures
         for k, kind in enumerate(thread_pool.WORK_KINDS):
             self._word("ps_per_work", k).value = int(round(1000 / FAST_RATES[kind]))
@@ -171,7 +175,7 @@ class ThreadPool:
         if self._calibration.is_alive():
             self._calibration.join()
         return {"threads": self.workers + 1, "handoff_us": round(self.handoff_ns / 1e3, 3),
-                "split_fixed_us": round(self.fixed_ns / 1e3, 2),
+                "split_fixed_us": round(self.fixed_ns / 1e3, 3),
                 "ns_per_line_moved": round(self.line_ns, 1), "private_cache_kib":
                 self.cache_bytes >> 10}
 

@@ -198,3 +198,46 @@ def test_a_shorter_batch_on_a_batch_symbolic_step_splits_over_its_own_rows():
                        gf.Descent(0.1), mode="eager")
     eager(x, y)
     assert eager(x[:350], y[:350]) == pytest.approx(results[0][0], rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4099, 13), (32771,), (9, 4099)])
+def test_reductions_over_the_split_loop_add_fixed_chunks_in_order(shape):
+    """Column sums and maxima over the first axis (a bias gradient's shape) and a full sum:
+    eight chunks fixed by the kernel, whoever runs them, so split and serial agree bitwise;
+    a NaN anywhere comes out of the maximum."""
+    assert np.prod(shape) >= 32768
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(np.float32)
+
+    @gf.jit
+    def f(x):
+        return gf.sum(gf.tanh(x), axis=0), gf.max(x * 2.0, axis=0)
+
+    serial, shared = run_counted(f, x, policy=SERIAL)
+    assert shared == 0
+    split, shared = run_counted(f, x, policy=SPLIT)
+    assert_split(shared)
+    for a, b in zip(serial, split):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    np.testing.assert_allclose(split[0], np.tanh(x.astype(np.float64)).sum(axis=0),
+                               rtol=1e-4, atol=1e-5 * shape[0] ** 0.5)
+    np.testing.assert_array_equal(split[1], (x * 2.0).max(axis=0))
+    bad = x.copy()
+    bad[shape[0] // 2] = np.nan
+    with pool().policy(SPLIT):
+        assert np.isnan(f(bad)[1]).all()
+
+
+def test_a_shorter_batch_than_the_chunks_sums_only_its_rows():
+    """Compiled at 401 rows (chunks of 51), run at 5: most chunks are empty and add zeros."""
+    x, y = _data()
+    m = _model(11)
+    loss = lambda x, y: gf.losses.logitcrossentropy(m(x), y)  # noqa: E731
+    grads = gf.compile(loss, gf.params(m))
+    grads(x, y)
+    with pool().policy(SPLIT):
+        l_c, g_c = grads(x[:5], y[:5])
+    l_e, g_e = gf.compile(loss, gf.params(m), mode="eager")(x[:5], y[:5])
+    assert l_c == pytest.approx(l_e, rel=1e-5)
+    for p in gf.params(m):
+        np.testing.assert_allclose(g_c[p], g_e[p], rtol=1e-4, atol=1e-6)
