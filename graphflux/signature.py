@@ -33,9 +33,10 @@ def fast_key(a):
 
 def check_batch(batch, dtype, warned):
     """Cast floating arrays to the parameters' dtype (one warning per signature), make arrays
-    native-order, C-contiguous plain ndarrays, and refuse arrays whose axis-0 lengths differ
-    or whose dtype native code cannot read -- all before compiling."""
-    out, n0 = [], None
+    native-order, C-contiguous plain ndarrays, and refuse arrays whose dtype native code
+    cannot read -- all before compiling. Arrays may differ in length: a single observation
+    (`x` of shape (784,), `y` of (10,)) is data too, and the ops report real mismatches."""
+    out = []
     for i, a in enumerate(batch):
         if isinstance(a, np.ndarray):
             if a.ndim == 0:
@@ -45,12 +46,6 @@ def check_batch(batch, dtype, warned):
                 raise SignatureError(f"argument {i} has dtype {a.dtype}: data arguments must "
                                      "be numeric arrays (float, int or bool); convert it with "
                                      ".astype(np.float32)")
-            if n0 is None:
-                n0 = (i, a.shape[0])
-            elif a.shape[0] != n0[1]:
-                raise SignatureError(
-                    f"data arguments must share their batch length (axis 0): argument {n0[0]} "
-                    f"has {n0[1]} rows but argument {i} has {a.shape[0]} (shape {a.shape})")
             if a.dtype.kind == "f" and a.dtype != dtype:
                 key = (i, a.dtype.str)
                 if key not in warned:

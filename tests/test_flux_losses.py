@@ -597,3 +597,19 @@ def test_mismatched_shapes_are_refused(name):
         f(rng.random((4, 3)), rng.random((4, 2)))
     with pytest.raises(gf.GraphfluxError):
         f(rng.random(3), rng.random(4))
+
+
+@pytest.mark.parametrize("mode", ["compiled", "eager"])
+def test_binarycrossentropy_with_a_constant_label_broadcasts_as_flux(mode):
+    """Flux allows `binarycrossentropy(ŷ, 1)`: the label broadcasts over ŷ."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((1, 3)).astype(np.float64)
+    x = rng.standard_normal((5, 3))
+    step = gf.compile(lambda x: gf.losses.binarycrossentropy(gf.σ(x @ gf.transpose(w)), 1),
+                      gf.Params([w]), mode=mode)
+    loss, grads = step(x)
+    p = 1 / (1 + np.exp(-(x @ w.T)))
+    eps = np.finfo(np.float64).eps
+    assert loss == pytest.approx(float(np.mean(-np.log(p + eps))), rel=1e-9)
+    np.testing.assert_allclose(grads[w], (-(1 - p) * p / (p + eps) * x).sum(0, keepdims=True)
+                               / 5, rtol=1e-7)

@@ -1,8 +1,8 @@
 """The examples of the Flux training docs (notes/seed-flux-training-docs.txt), translated to
 graphflux's batch-first API and checked against independent numpy computations.
 
-Flux's `Dense(784 => 32, σ)` is `gf.Dense(784, 32, gf.σ)`; observations run along axis 0, so a
-single observation `x = rand(784)` becomes an `x` of shape (1, 784)."""
+Flux's `Dense(784 => 32, σ)` is `gf.Dense(784, 32, gf.σ)`; observations run along axis 0. A
+single observation may stay a vector, as in the docs: `x = rand(784); y = rand(10)`."""
 import inspect
 import logging
 import time
@@ -116,6 +116,52 @@ def test_seed_model_train_three_steps_matches_numpy_sgd():
         assert p.dtype == np.float32
         np.testing.assert_allclose(p, r, rtol=0, atol=1e-5)
         assert not np.array_equal(p, p0)
+
+
+@pytest.mark.parametrize("mode", ["compiled", "eager"])
+def test_the_docs_vector_example_trains_as_numpy_sgd_does(mode):
+    """`x = rand(784); y = rand(10); data = [(x, y)]` and the docs' `zip(xs, ys)`: a single
+    observation is a vector (Dense maps it to a vector), the arguments differ in length."""
+    m = seed_model(seed=3)
+    loss = seed_loss(m)
+    ps = gf.params(m)
+    rng = np.random.default_rng(4)
+    x, y = rng.random(784, dtype=np.float32), rng.random(10, dtype=np.float32)
+    assert m(x).shape == (10,)
+    _, ref_params = np_sgd(snapshot(ps), x[None], y[None], eta=0.1, steps=2)
+    gf.train(loss, ps, [(x, y)] * 2, gf.Descent(0.1), mode=mode)
+    for p, r in zip(ps, ref_params):
+        np.testing.assert_allclose(p, r, rtol=0, atol=1e-5)
+    xs = [rng.random(784, dtype=np.float32) for _ in range(4)]
+    ys = [rng.random(10, dtype=np.float32) for _ in range(4)]
+    ref_params, ref_losses = snapshot(ps), []
+    for xi, yi in zip(xs, ys):                 # one numpy SGD step per observation
+        (loss_i,), ref_params = np_sgd(ref_params, xi[None], yi[None], eta=0.1, steps=1)
+        ref_losses.append(loss_i)
+    seen = []
+    gf.train(loss, ps, zip(xs, ys), gf.Descent(0.1), mode=mode,
+             cb=lambda info: seen.append(info.loss))
+    np.testing.assert_allclose(seen, ref_losses, rtol=1e-4)
+    for p, r in zip(ps, ref_params):
+        np.testing.assert_allclose(p, r, rtol=0, atol=1e-5)
+
+
+def test_a_vector_observation_of_the_wrong_length_names_the_op_and_line():
+    m = seed_model(seed=5)
+    ps = gf.params(m)
+    before = snapshot(ps)
+
+    def loss(x, y):
+        return gf.losses.mse(m(x), y)          # (10,) against (9,)
+    line = loss.__code__.co_firstlineno + 1
+    with pytest.raises(gf.GraphfluxError) as err:
+        gf.train(loss, ps, [(np.ones(784, np.float32), np.ones(9, np.float32))],
+                 gf.Descent(0.1))
+    message = str(err.value)
+    assert "(10,)" in message and "(9,)" in message
+    assert f"test_seed_examples.py:{line}" in message
+    for p, q in zip(ps, before):
+        assert p.tobytes() == q.tobytes()
 
 
 def test_params_hold_references_not_copies():
