@@ -182,3 +182,19 @@ def test_a_jitted_output_with_the_batch_length_in_another_axis_compiles_per_leng
             np.testing.assert_allclose(f(x[:n]), m(x[:n]).T, rtol=1e-5, atol=1e-7)
     messages = jit_compiles(caplog)
     assert len(messages) == 2 and "an axis other than its first" in messages[0]
+
+
+def test_flatten_keeps_the_batch_axis_and_stays_batch_symbolic(caplog):
+    """`gf.flatten` folds the axes after the first (C order), so a model on images serves
+    every batch length from one artifact; numpy arrays flatten the same way."""
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((3, 2 * 4 * 5)).astype(np.float32)
+    x = rng.standard_normal((9, 2, 4, 5)).astype(np.float32)
+    assert gf.flatten(x).shape == (9, 40)
+    np.testing.assert_array_equal(gf.flatten(x), x.reshape(9, -1))
+    f = gf.jit(lambda x: gf.flatten(x) @ gf.transpose(w))
+    with caplog.at_level(logging.INFO, logger="graphflux"):
+        for n in (9, 4):
+            np.testing.assert_allclose(f(x[:n]), x[:n].reshape(n, -1) @ w.T, rtol=1e-5,
+                                       atol=1e-6)
+    assert len(jit_compiles(caplog)) == 1
