@@ -73,10 +73,14 @@ TOP_LEVEL = {
     "reshape": (np.reshape, RESHAPE),
     "matmul": (np.matmul, MATMUL),
     "where": (np.where, WHERE),
+    # Flux's flatten, batch-first; numpy has no function of that name, so the twin is written
+    # from its definition
+    "flatten": (lambda x: x.reshape(x.shape[0], -1) if x.ndim > 1 else x,
+                _calls([("A",), ("cube",), ("vec",)])),
 }
 
 OPS = {
-    **{name: TOP_LEVEL[name] for name in TOP_LEVEL},
+    **{name: TOP_LEVEL[name] for name in TOP_LEVEL if name != "flatten"},   # graphflux.arrays
     "add": (np.add, _calls(BINARY)),
     "sub": (np.subtract, _calls(BINARY)),
     "mul": (np.multiply, _calls(BINARY)),
