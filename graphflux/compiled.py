@@ -311,14 +311,26 @@ class CompiledStep:
         return entry
 
     def _shared_entry(self, batch, sig):
-        """The entry of a batch-symbolic artifact that serves this batch's length, if any."""
-        entry = self._general.get(general_signature(batch))
+        """The entry of a batch-symbolic artifact that serves this batch's length, if any. The
+        loss is traced at the new length first (once per length; a few ms), and the artifact
+        is used only if that graph is the capacity's apart from the batch length: Python that
+        branches on the length (a check that raises for a batch of one, another op below some
+        length) is run and seen, never skipped."""
+        general = general_signature(batch)
+        entry = self._general.get(general)
         if entry is None or batch[entry.batch_arg].shape[0] > entry.capacity:
+            return None
+        n = batch[entry.batch_arg].shape[0]
+        traced = trace_loss(self.loss, self.ps, batch)   # raises what the loss raises
+        try:
+            generalise(entry.art.graph, traced.graph, entry.capacity, n)
+        except NotSymbolic as e:
+            self._per_length[general] = f"at batch length {n}: {e}"
             return None
         self._entries[sig] = entry
         self._seen.clear()
-        log.info("batch length %d runs on the step compiled for lengths up to %d",
-                 batch[entry.batch_arg].shape[0], entry.capacity)
+        log.info("batch length %d runs on the step compiled for lengths up to %d", n,
+                 entry.capacity)
         return entry
 
     def _other_length(self, batch, general):

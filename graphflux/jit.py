@@ -32,7 +32,7 @@ class _JitEntry:
     axis 0 is the batch length are made as long as the call's batch."""
 
     def __init__(self, art, ctx, graph, single, batch_arg=None, batch_outputs=()):
-        self.art, self.single = art, single
+        self.art, self.single, self.graph = art, single, graph
         self.ex = Executable(art.binary)
         captured = [arr for arr, _ in ctx.captured.values()]
         self.data, self.copies, self.keep = bind_inputs(
@@ -83,11 +83,27 @@ class Jitted:
         sig = signature(args)
         entry = self._entries.get(sig)
         if entry is None:
-            entry = self._general.get(general_signature(args))
-            if entry is None or args[entry.batch_arg].shape[0] > entry.capacity:
+            entry = self._shared_entry(args)
+            if entry is None:
                 entry = self._compile(args, sig)
             self._entries[sig] = entry
         return entry, args
+
+    def _shared_entry(self, args):
+        """A batch-symbolic entry serving this length, after tracing the function at it and
+        finding the same graph apart from the batch length (graphflux.compiled does the same
+        for steps)."""
+        general = general_signature(args)
+        entry = self._general.get(general)
+        if entry is None or args[entry.batch_arg].shape[0] > entry.capacity:
+            return None
+        n = args[entry.batch_arg].shape[0]
+        try:
+            generalise(entry.graph, self._trace(args)[1], entry.capacity, n)
+        except NotSymbolic as e:
+            self._per_length[general] = f"at batch length {n}: {e}"
+            return None
+        return entry
 
     def _trace(self, args):
         ctx = TraceContext()

@@ -198,3 +198,43 @@ def test_flatten_keeps_the_batch_axis_and_stays_batch_symbolic(caplog):
             np.testing.assert_allclose(f(x[:n]), x[:n].reshape(n, -1) @ w.T, rtol=1e-5,
                                        atol=1e-6)
     assert len(jit_compiles(caplog)) == 1
+
+
+def test_python_that_branches_on_the_batch_length_is_run_at_every_new_length(caplog):
+    """A loss that takes another path below some length, and one that refuses a batch of one:
+    an artifact compiled at 16 is not reused where the graph differs, and the check runs."""
+    def loss_of(m):
+        def loss(x, y):
+            z = m(x)
+            if x.shape[0] < 4:                   # another graph for short batches
+                z = z * 2.0
+            return gf.losses.mse(z, y)
+        return loss
+    with caplog.at_level(logging.INFO, logger="graphflux"):
+        compiled = run("compiled", [16, 9, 3, 16], loss_of, lambda: gf.Descent(0.05))
+    messages = compiles(caplog)
+    assert len(messages) == 2 and "at batch length 3" in messages[1]
+    eager = run("eager", [16, 9, 3, 16], loss_of, lambda: gf.Descent(0.05))
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5)
+
+    def refusing(m):
+        def loss(x, y):
+            if x.shape[0] < 2:
+                raise ValueError("batches of one are not allowed here")
+            return gf.losses.mse(m(x), y)
+        return loss
+    m = model(12)
+    step = gf.compile(refusing(m), gf.params(m), gf.Descent(0.05))
+    x, y = data(8)
+    step(x, y)
+    with pytest.raises(ValueError, match="batches of one"):
+        step(x[:1], y[:1])
+
+
+def test_a_jitted_function_that_branches_on_the_length_is_not_reused_where_it_differs():
+    m = model(13)
+    f = gf.jit(lambda x: m(x) * (2.0 if x.shape[0] < 4 else 1.0))
+    x, _ = data(10)
+    for n in (10, 6, 2):
+        np.testing.assert_allclose(f(x[:n]), m(x[:n]) * (2.0 if n < 4 else 1.0), rtol=1e-5,
+                                   atol=1e-7)
