@@ -11,8 +11,6 @@ import pytest
 
 import graphflux as gf
 
-from graphflux.compiler.batch_axis import NotSymbolic, generalise  # noqa: F401  (the API)
-
 
 def compiles(caplog):
     return [r.getMessage() for r in caplog.records
