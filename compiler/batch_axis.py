@@ -8,7 +8,9 @@ holds the batch length, and every constant equal or a number of the form k / n o
 mean's 1 / n and its gradient). Those constants become host scalars the runtime computes from
 the batch length on every call; anything else -- a reshape that folds axis 0 into another
 axis, a slice at n - 1, a Python number made from `x.shape[0]` such as BatchNorm's n / (n - 1)
--- and the step is compiled per batch length, with the reason in the log.
+-- and the step is compiled per batch length, with the reason in the log. Two lengths agreeing
+does not prove every length does (Python may branch on the length), so the runtime traces each
+new shorter length once more and compares its graph with the capacity's before running it.
 
 The planner then plans both graphs; kernels correspond one to one (else: per length), and the
 dimensions in which they differ are the batch dimensions the lowering runs to the run-time
