@@ -12,7 +12,7 @@ import numpy as np
 
 import graphflux as gf
 from graphflux import hand_numpy
-from graphflux.bench import _times, build, machine, workloads
+from graphflux.bench import SETTLE_S, _times, build, machine, workloads
 
 
 COLD = """
@@ -50,11 +50,15 @@ def main(steps=300, names=None):
                    "compiled_us": lambda: compiled(x, y)}
         for f in runners.values():
             f()
-        # interleaved rounds, so drift on a shared VM hits all three alike
+        # interleaved rounds in rotating order, so drift on a shared VM hits all three alike,
+        # with a pause before each block: OpenBLAS's threads spin for about 0.1 s after a
+        # product and would share a core with whatever runs next
         n = max(steps // (30 if name == "mlp-wide" else 10), 2)
         samples = {k: [] for k in runners}
-        for _ in range(10):
-            for k, f in runners.items():
+        order = list(runners.items())
+        for r in range(9):
+            for k, f in order[r % 3:] + order[:r % 3]:
+                time.sleep(SETTLE_S)
                 samples[k].extend(_times(f, n))
         cold, warm = cold_compile(name)
         row = {"workload": name, **{k: float(np.median(v)) for k, v in samples.items()},
