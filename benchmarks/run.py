@@ -8,11 +8,7 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
-import graphflux as gf
-from graphflux import hand_numpy
-from graphflux.bench import SETTLE_S, _times, build, machine, workloads
+from graphflux.bench import machine, side_by_side, timed_blocks, workloads
 
 
 COLD = """
@@ -41,27 +37,13 @@ def main(steps=300, names=None):
     for name, spec in workloads().items():
         if names and name not in names:
             continue
-        model, ps, loss, opt, x, y = build(spec)
-        hand = hand_numpy.for_workload(name, model)
-        compiled = gf.compile(loss, ps, opt)
-        _, ps_e, loss_e, opt_e, _, _ = build(spec)
-        eager = gf.compile(loss_e, ps_e, opt_e, mode="eager")
+        hand, compiled, eager, x, y = side_by_side(name, spec)
         runners = {"numpy_us": lambda: hand.step(x, y), "eager_us": lambda: eager(x, y),
                    "compiled_us": lambda: compiled(x, y)}
-        for f in runners.values():
-            f()
-        # interleaved rounds in rotating order, so drift on a shared VM hits all three alike,
-        # with a pause before each block: OpenBLAS's threads spin for about 0.1 s after a
-        # product and would share a core with whatever runs next
-        n = max(steps // (30 if name == "mlp-wide" else 10), 2)
-        samples = {k: [] for k in runners}
-        order = list(runners.items())
-        for r in range(9):
-            for k, f in order[r % 3:] + order[:r % 3]:
-                time.sleep(SETTLE_S)
-                samples[k].extend(_times(f, n))
+        # interleaved blocks, so drift on a shared VM hits all three alike
+        samples = timed_blocks(runners, 9, max(steps // (30 if name == "mlp-wide" else 10), 2))
         cold, warm = cold_compile(name)
-        row = {"workload": name, **{k: float(np.median(v)) for k, v in samples.items()},
+        row = {"workload": name, **samples,
                "cold_compile_s": cold, "second_process_first_step_s": warm}
         row["eager/numpy"] = row["eager_us"] / row["numpy_us"]
         row["eager/compiled"] = row["eager_us"] / row["compiled_us"]

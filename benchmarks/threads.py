@@ -3,39 +3,16 @@ cores where a kernel is worth splitting) against the same artifact with nothing 
 core), beside hand-written numpy and eager mode, in one process.
 
 The runners are timed in blocks, round after round in rotating order, with a pause before
-each block: numpy's
-OpenBLAS threads spin for about 0.1 s after a product (OPENBLAS_THREAD_TIMEOUT's default), and
-graphflux's workers for 0.25 ms after a kernel, so a block timed right after another runner
-would share a core with the other's spinning threads and pay for it.
+each block (graphflux.bench.timed_blocks): numpy's OpenBLAS threads spin for about 0.1 s after a
+product (OPENBLAS_THREAD_TIMEOUT's default), and graphflux's workers for 0.25 ms after a kernel,
+so a block timed right after another runner would share a core with their spinning threads.
 
 Usage: python benchmarks/threads.py [rounds] [workload ...]  (rounds: a multiple of 4)"""
 import json
 import sys
-import time
 
-import numpy as np
-
-import graphflux as gf
-from graphflux import hand_numpy
-from graphflux.bench import _times, build, machine, workloads
+from graphflux.bench import machine, side_by_side, timed_blocks, workloads
 from graphflux.runtime.pool import pool
-
-
-SETTLE_S = 0.5
-
-
-def blocks(runners, rounds, steps):
-    """Median us per call of each runner; the order rotates every round, since the block
-    right after numpy's is measurably slower (0.5 s pause or not)."""
-    samples = {k: [] for k in runners}
-    order = list(runners.items())
-    for r in range(rounds):
-        for name, (f, policy) in order[r % len(order):] + order[:r % len(order)]:
-            time.sleep(SETTLE_S)
-            with pool().policy(policy):
-                f()
-                samples[name].extend(_times(f, steps))
-    return {k: float(np.median(v)) for k, v in samples.items()}
 
 
 def main(rounds=5, names=None):
@@ -43,17 +20,12 @@ def main(rounds=5, names=None):
     for name, spec in workloads().items():
         if names and name not in names:
             continue
-        model, ps, loss, opt, x, y = build(spec)
-        hand = hand_numpy.for_workload(name, model)
-        step = gf.compile(loss, ps, opt)
-        _, ps_e, loss_e, opt_e, _, _ = build(spec)
-        eager = gf.compile(loss_e, ps_e, opt_e, mode="eager")
-        runners = {"numpy_us": (lambda: hand.step(x, y), "model"),
-                   "eager_us": (lambda: eager(x, y), "model"),
-                   "compiled_us": (lambda: step(x, y), "model"),
-                   "one_core_us": (lambda: step(x, y), "serial")}
+        hand, step, eager, x, y = side_by_side(name, spec)
+        runners = {"numpy_us": lambda: hand.step(x, y), "eager_us": lambda: eager(x, y),
+                   "compiled_us": lambda: step(x, y), "one_core_us": lambda: step(x, y)}
         steps = 20 if name == "mlp-wide" else 200
-        row = {"workload": name, **blocks(runners, rounds, steps)}
+        row = {"workload": name, **timed_blocks(
+            runners, rounds, steps, {"one_core_us": lambda: pool().policy("serial")})}
         row["compiled/numpy"] = row["compiled_us"] / row["numpy_us"]
         row["eager/numpy"] = row["eager_us"] / row["numpy_us"]
         row["one_core/compiled"] = row["one_core_us"] / row["compiled_us"]

@@ -3,6 +3,7 @@ where one is given), median and spread of the time per training step measured si
 one run, the cold compile time, a check that both modes reach the same loss, and the distance
 to the machine's limit: each compiled step's GFLOP/s against numpy's own sgemm rate, measured
 in the same run."""
+import contextlib
 import json
 import os
 import platform
@@ -77,6 +78,34 @@ SETTLE_S = 0.3
 """A pause before each timed block: OpenBLAS's threads spin for about 0.1 s after a product
 (and graphflux's workers for 0.25 ms after a kernel), so a block timed right after another
 would share a core with them."""
+
+
+def side_by_side(name, spec):
+    """A workload's hand-written numpy, compiled and eager steps, each from the same weights,
+    and its batch: (hand, compiled, eager, x, y)."""
+    import graphflux as gf
+    from graphflux.hand_numpy import for_workload
+    model, ps, loss, opt, x, y = build(spec)
+    _, ps_e, loss_e, opt_e, _, _ = build(spec)
+    return (for_workload(name, model), gf.compile(loss, ps, opt),
+            gf.compile(loss_e, ps_e, opt_e, mode="eager"), x, y)
+
+
+def timed_blocks(runners, rounds, steps, contexts=None):
+    """Median us per call of each runner (name -> function): blocks of `steps` calls, round
+    after round in rotating order (the block right after numpy's is measurably slower), with
+    a pause of SETTLE_S before each block; `contexts[name]()` is entered around that runner's
+    block."""
+    contexts = contexts or {}
+    samples = {k: [] for k in runners}
+    order = list(runners.items())
+    for r in range(rounds):
+        for name, f in order[r % len(order):] + order[:r % len(order)]:
+            time.sleep(SETTLE_S)
+            with contexts.get(name, contextlib.nullcontext)():
+                f()
+                samples[name].extend(_times(f, steps))
+    return {k: float(np.median(v)) for k, v in samples.items()}
 
 
 def measure(name, spec, steps=200, check_steps=20, peak=None):

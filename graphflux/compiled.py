@@ -19,6 +19,7 @@ from graphflux.runtime.executable import Executable
 from graphflux.runtime.lru import LRU
 
 from . import bindings
+from .batch_lengths import BatchLengths, general_signature
 from .eager_step import EagerStep
 from .errors import ArgumentError, UsageError
 from .nonfinite import nonfinite_error
@@ -169,21 +170,6 @@ class _Entry:
         self.scalars = (ctypes.c_double * n).from_address(ex.native.scalars_ptr) if n else None
 
 
-def batch_arguments(batch):
-    """The positions of the arrays whose axis 0 is the batch length: those as long as the
-    first array (check_batch has made them all so)."""
-    arrays = [(i, a) for i, a in enumerate(batch) if isinstance(a, np.ndarray) and a.ndim]
-    return [i for i, a in arrays if a.shape[0] == arrays[0][1].shape[0]] if arrays else []
-
-
-def general_signature(batch):
-    """The signature with the batch length left out: batches that differ only in it may share
-    a batch-symbolic artifact."""
-    args = batch_arguments(batch)
-    return tuple(((None,) + s[0][1:], s[1]) if i in args else s
-                 for i, s in enumerate(signature(batch)))
-
-
 def data_address(a):
     """The address of a native-dense array's first element, by the buffer protocol (a third
     of the cost of `__array_interface__`, which builds a dict); read-only or empty arrays,
@@ -241,8 +227,7 @@ class CompiledStep:
         self._last = None
         self._warned = set()
         self._why = None        # why the entries were dropped, for the next compile's log line
-        self._general = {}      # general_signature -> a batch-symbolic _Entry (the largest)
-        self._per_length = {}   # general_signature -> why it compiles per batch length
+        self._lengths = BatchLengths()
         self._lock = threading.Lock()
 
     def lower(self, *batch):
@@ -271,7 +256,7 @@ class CompiledStep:
     def _follow_replacements(self):
         """Drop every entry: an array they bound was replaced (graphflux.bindings)."""
         self._entries.clear()
-        self._general.clear()
+        self._lengths.general.clear()
         self._seen.clear()
         self._why = bindings.WHY[0]
 
@@ -287,68 +272,36 @@ class CompiledStep:
         t = time.perf_counter()
         check_params(self.ps)
         traced = trace_loss(self.loss, self.ps, batch)
-        general = general_signature(batch)
-        other = self._other_length(batch, general)
+        other = self._lengths.other_length(
+            batch, lambda longer: trace_loss(self.loss, self.ps, longer))
         try:
             art, how = artifact_for(traced, self.ps, self.opt, other)
         except NotSymbolic as e:
-            self._per_length[general] = str(e)
+            self._lengths.per_length[general_signature(batch)] = str(e)
             art, how = artifact_for(traced, self.ps, self.opt)
         entry = _Entry(self, traced, art)
         self._entries[sig] = entry
-        if entry.capacity:
-            self._general[general] = entry
+        lengths = self._lengths.compiled(batch, entry)
         self._seen.clear()
         self._last = sig
         self._why = None
         self._generation = bindings.GENERATION[0]
         what = {"compiled": "compiled step", "disk": "loaded step from the disk cache",
                 "memory": "traced step (artifact reused)"}[how]
-        lengths = (f" (serves batch lengths up to {entry.capacity})" if entry.capacity else
-                   f" (per batch length: {self._per_length[general]})"
-                   if general in self._per_length else "")
         log.info("%s in %.3f s: %s%s", what, time.perf_counter() - t, reason, lengths)
         return entry
 
     def _shared_entry(self, batch, sig):
-        """The entry of a batch-symbolic artifact that serves this batch's length, if any. The
-        loss is traced at the new length first (once per length; a few ms), and the artifact
-        is used only if that graph is the capacity's apart from the batch length: Python that
-        branches on the length (a check that raises for a batch of one, another op below some
-        length) is run and seen, never skipped."""
-        general = general_signature(batch)
-        entry = self._general.get(general)
-        if entry is None or batch[entry.batch_arg].shape[0] > entry.capacity:
-            return None
-        n = batch[entry.batch_arg].shape[0]
-        traced = trace_loss(self.loss, self.ps, batch)   # raises what the loss raises
-        try:
-            generalise(entry.art.graph, traced.graph, entry.capacity, n)
-        except NotSymbolic as e:
-            self._per_length[general] = f"at batch length {n}: {e}"
+        """The entry of a batch-symbolic artifact that serves this batch's length, if any
+        (BatchLengths.shared: the loss is traced at the new length and checked first)."""
+        entry = self._lengths.shared(batch, lambda b: trace_loss(self.loss, self.ps, b).graph)
+        if entry is None:
             return None
         self._entries[sig] = entry
         self._seen.clear()
-        log.info("batch length %d runs on the step compiled for lengths up to %d", n,
-                 entry.capacity)
+        log.info("batch length %d runs on the step compiled for lengths up to %d",
+                 batch[entry.batch_arg].shape[0], entry.capacity)
         return entry
-
-    def _other_length(self, batch, general):
-        """(the loss traced at batch length n + 1, n + 1, n) to compile one artifact for every
-        length up to n, or None when this signature compiles per length (no batch, or found
-        so before)."""
-        args = batch_arguments(batch)
-        if not args or general in self._per_length:
-            return None
-        n = batch[args[0]].shape[0]
-        other = [np.broadcast_to(np.zeros((1,) + a.shape[1:], a.dtype), (n + 1,) + a.shape[1:])
-                 if i in args else a for i, a in enumerate(batch)]
-        try:
-            return trace_loss(self.loss, self.ps, other), n + 1, n
-        except Exception as e:  # noqa: BLE001 -- any failure means: not the same loss
-            self._per_length[general] = (f"tracing at batch length {n + 1} failed "
-                                         f"({type(e).__name__}: {e})")
-            return None
 
     def __call__(self, *batch):
         with self._lock:

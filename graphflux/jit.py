@@ -18,7 +18,8 @@ from graphflux.runtime.cache import disk_cache
 from graphflux.runtime.executable import Executable
 
 from . import bindings
-from .compiled import batch_arguments, bind_inputs, cached_artifact, general_signature
+from .batch_lengths import BatchLengths, batch_arguments, general_signature
+from .compiled import bind_inputs, cached_artifact
 from .params import SlotWatch, params
 from .signature import describe_change, native_dense, signature
 from .tracing import TRACE_LOCK
@@ -32,7 +33,7 @@ class _JitEntry:
     axis 0 is the batch length are made as long as the call's batch."""
 
     def __init__(self, art, ctx, graph, single, batch_arg=None, batch_outputs=()):
-        self.art, self.single, self.graph = art, single, graph
+        self.art, self.single = art, single
         self.ex = Executable(art.binary)
         captured = [arr for arr, _ in ctx.captured.values()]
         self.data, self.copies, self.keep = bind_inputs(
@@ -56,8 +57,7 @@ class Jitted:
         self._last = None
         self._generation = bindings.GENERATION[0]
         self._why = None
-        self._general = {}      # general_signature -> a batch-symbolic entry
-        self._per_length = {}   # general_signature -> why it compiles per batch length
+        self._lengths = BatchLengths()
         self._lock = threading.Lock()
         # a model's own arrays, by slot: replaced ones are seen even in a class of the user's
         self._ps = params() if hasattr(f, "__code__") else params(f)
@@ -76,34 +76,18 @@ class Jitted:
         stale = self._slots.changed()
         if self._generation != bindings.GENERATION[0] or stale is not None:
             self._entries.clear()
-            self._general.clear()
+            self._lengths.general.clear()
             self._why = bindings.WHY[0] if stale is None else \
                 f"slot {stale[1]!r} now holds a different array"
             self._slots = SlotWatch(self._ps)
         sig = signature(args)
         entry = self._entries.get(sig)
         if entry is None:
-            entry = self._shared_entry(args)
+            entry = self._lengths.shared(args, lambda a: self._trace(a)[1])
             if entry is None:
                 entry = self._compile(args, sig)
             self._entries[sig] = entry
         return entry, args
-
-    def _shared_entry(self, args):
-        """A batch-symbolic entry serving this length, after tracing the function at it and
-        finding the same graph apart from the batch length (graphflux.compiled does the same
-        for steps)."""
-        general = general_signature(args)
-        entry = self._general.get(general)
-        if entry is None or args[entry.batch_arg].shape[0] > entry.capacity:
-            return None
-        n = args[entry.batch_arg].shape[0]
-        try:
-            generalise(entry.graph, self._trace(args)[1], entry.capacity, n)
-        except NotSymbolic as e:
-            self._per_length[general] = f"at batch length {n}: {e}"
-            return None
-        return entry
 
     def _trace(self, args):
         ctx = TraceContext()
@@ -120,50 +104,37 @@ class Jitted:
                       list(ctx.updates), name="jit")      # a layer forced to train mode
         return ctx, graph, single
 
-    def _other_length(self, args, graph, general):
-        """(the function generalised at n and n + 1, at n + 1, the outputs whose axis 0 is
-        the batch length), or None: one artifact for every batch length up to n, as for
-        steps (graphflux.compiled); an output with the batch length in another axis would
-        not be a prefix of the capacity's, so it compiles per length."""
-        batched = batch_arguments(args)
-        if not batched or general in self._per_length:
-            return None
-        n = args[batched[0]].shape[0]
-        other = [np.broadcast_to(np.zeros((1,) + a.shape[1:], a.dtype), (n + 1,) + a.shape[1:])
-                 if i in batched else a for i, a in enumerate(args)]
-        try:
-            graph_b = self._trace(other)[1]
-            ga, gb = generalise(graph, graph_b, n, n + 1)
-            outputs = []
-            for (name, a), (_, b) in zip(graph.outputs, graph_b.outputs):
-                if a.shape[1:] != b.shape[1:]:
-                    raise NotSymbolic(f"output {name} has the batch length in an axis "
-                                      "other than its first")
-                if a.shape[:1] != b.shape[:1]:
-                    outputs.append(name)
-            return ga, gb, n, outputs
-        except Exception as e:  # noqa: BLE001 -- any failure means: per batch length
-            self._per_length[general] = f"{type(e).__name__}: {e}"
-            return None
+    def _longer(self, graph, longer):
+        """(the function's graph at the longer batch of BatchLengths.other_length, the outputs
+        whose axis 0 is the batch length); an output with the batch length in another axis
+        would not be a prefix of the capacity's, so that compiles per length."""
+        graph_b = self._trace(longer)[1]
+        outputs = []
+        for (name, a), (_, b) in zip(graph.outputs, graph_b.outputs):
+            if a.shape[1:] != b.shape[1:]:
+                raise NotSymbolic(f"output {name} has the batch length in an axis "
+                                  "other than its first")
+            if a.shape[:1] != b.shape[:1]:
+                outputs.append(name)
+        return graph_b, outputs
 
     def _compile(self, args, sig):
         t = time.perf_counter()
         reason = self._why or describe_change(self._last, sig)
         ctx, graph, single = self._trace(args)
         seconds = {"trace": time.perf_counter() - t}
-        general = general_signature(args)
-        other = self._other_length(args, graph, general)
+        other = self._lengths.other_length(args, lambda longer: self._longer(graph, longer))
         entry = None
         if other is not None:
-            ga, gb, n, outputs = other
+            (graph_b, outputs), n_b, n = other
             try:
+                ga, gb = generalise(graph, graph_b, n, n_b)
                 art, how = cached_artifact(graph, f"jit batch<={n}", lambda: ga, seconds,
                                            graph.outputs[0][1].dtype,
-                                           batch=lambda: (gb, n + 1, n))
+                                           batch=lambda: (gb, n_b, n))
                 entry = _JitEntry(art, ctx, graph, single, batch_arguments(args)[0], outputs)
-                self._general[general] = entry
             except NotSymbolic as e:
-                self._per_length[general] = str(e)
+                self._lengths.per_length[general_signature(args)] = str(e)
         if entry is None:
             art, how = cached_artifact(graph, "jit", lambda: graph, seconds,
                                        graph.outputs[0][1].dtype)
@@ -172,9 +143,7 @@ class Jitted:
             disk_cache().store(art.stats["key"], art)
         self._last, self._why = sig, None
         self._generation = bindings.GENERATION[0]
-        lengths = (f" (serves batch lengths up to {entry.capacity})" if entry.capacity else
-                   f" (per batch length: {self._per_length[general]})"
-                   if general in self._per_length else "")
+        lengths = self._lengths.compiled(args, entry)
         log.info("%s jit function in %.3f s: %s%s", how, time.perf_counter() - t, reason,
                  lengths)
         return entry

@@ -65,3 +65,25 @@ def host_vector_bits():
     if not flags:
         pytest.skip("no CPU flags in /proc/cpuinfo to read the vector width from")
     return 512 if "avx512f" in flags else 256 if "avx" in flags else 128
+
+
+def run_together(work, n=2, timeout=120):
+    """Call work(k) for k in range(n), each on its own thread, all starting at once; fails if a
+    thread hangs or raises."""
+    import threading
+    start = threading.Barrier(n)
+    errors = []
+
+    def run(k):
+        try:
+            start.wait()
+            work(k)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "a thread hangs"
+    assert not errors, errors

@@ -23,13 +23,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 import warnings
 
 import numpy as np
 import pytest
 
 import graphflux as gf
+from helpers import run_together
 
 HERE = os.path.basename(__file__)
 
@@ -720,23 +720,12 @@ def test_one_compiled_step_called_from_two_threads_behaves_like_a_serial_order()
     m = build()
     step = gf.compile(mse_of(m), gf.params(m), gf.Descent(0.01))
     step.lower(x, y)        # compiled up front (never run), so the native calls race from the start
-    start = threading.Barrier(2)
-    losses, errors = [[], []], []
+    losses = [[], []]
 
     def work(k):
-        try:
-            start.wait()
-            for _ in range(50):
-                losses[k].append(step(x, y))
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-    threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a thread hangs"
-    assert not errors, errors
+        for _ in range(50):
+            losses[k].append(step(x, y))
+    run_together(work)
     for p, q in zip(gf.params(m), gf.params(serial)):
         np.testing.assert_allclose(p, q, rtol=0, atol=1e-12)
     threaded = sorted(losses[0] + losses[1])

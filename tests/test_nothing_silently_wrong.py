@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import graphflux as gf
+from helpers import run_together
 
 
 def _model(seed=0, dtype=np.float64):
@@ -266,7 +267,6 @@ def test_redefining_an_elementwise_function_under_one_name_is_never_stale():
 def test_a_jit_function_and_gradient_called_from_two_threads_give_each_caller_its_answer():
     """Each call binds its own input and reads its own outputs; without the per-function lock
     the two threads' pointers and outputs interleave."""
-    import threading
     m = _model()
     predict = gf.jit(m)
     W = [np.asarray(p) for p in gf.params(m)]
@@ -285,9 +285,5 @@ def test_a_jit_function_and_gradient_called_from_two_threads_give_each_caller_it
             g_w, = gf.gradient(lambda v: gf.sum(inputs[k] @ v), w)
             if not np.allclose(g_w, grad_wanted[k], rtol=1e-12):
                 errors.append(("gradient", k))
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(worker)
     assert errors == []

@@ -8,7 +8,6 @@ everything above the floors, `policy("serial")` nothing, so each test runs the s
 code both ways in one process and counts the pool's dispatches to know the split happened."""
 import os
 import signal
-import threading
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import pytest
 import graphflux as gf
 from graphflux.compiler.lower import MIN_SPLIT_ELEMENTS
 from graphflux.runtime.pool import pool
+from helpers import run_together
 
 SPLIT, SERIAL = "split", "serial"
 
@@ -133,23 +133,12 @@ def test_two_python_threads_running_split_steps_at_once_get_the_serial_numbers()
         steps.append(gf.compile(lambda x, y, m=m: gf.losses.logitcrossentropy(m(x), y),
                                 gf.params(m), gf.Descent(0.05)))
         steps[-1].lower(x, y)
-    got, errors = {}, []
-    start = threading.Barrier(2)
+    got = {}
 
     def work(k):
-        try:
-            start.wait()
-            got[k] = [steps[k](x, y) for _ in range(30)]
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
+        got[k] = [steps[k](x, y) for _ in range(30)]
     with pool().policy(SPLIT):
-        threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "a step hangs"
-    assert not errors, errors
+        run_together(work)
     assert got == expected
 
 
