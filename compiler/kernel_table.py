@@ -26,9 +26,9 @@ def kernel_rows(plan, optimized_ir, gemm_width):
     for phase, kernels in (("compute", plan.kernels), ("update", plan.update_kernels)):
         for kern in kernels:
             function = getattr(kern, "function", kern.name)
-            epilogue = getattr(kern, "epilogue", None)
             rows.append({
-                "name": kern.name + (f"+{epilogue.name}" if epilogue else ""), "kind": kern.kind, "phase": phase, "function": function,
+                "name": kern.name + (f"+{kern.epilogue.name}" if kern.epilogue else ""),
+                "kind": kern.kind, "phase": phase, "function": function,
                 "nodes": [plan.node_names.get(n.id, "?") for n in kern.nodes],
                 "lines": sorted({n.source for n in kern.nodes if n.source}),
                 "flops": int(kern.flops()), "bytes": int(kern.bytes_moved()),

@@ -77,6 +77,8 @@ class Kernel:
     """The batch length the kernel's dimensions were planned at, when `batch` is not empty."""
     chunks = 0
     """Loop kernels only: > 0 when reductions over the first loop run in fixed chunks."""
+    epilogue = None
+    """GEMM kernels only: the loop kernel run on each finished block (compiler.epilogue)."""
 
     def dimensions(self):
         """The sizes the kernel's loops run over."""

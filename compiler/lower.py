@@ -89,12 +89,11 @@ class CpuBackend:
         large enough to split, else (0, 0): it then sums in REDUCTION_CHUNKS fixed chunks,
         each into its own partial results, added in chunk order -- the same order whatever
         the thread count."""
-        partial = partial_outputs(kern)
+        partial, per_chunk = partial_outputs(kern)
         rows = next((s for s in kern.shape if s != 1), 0)
         if not partial or int(np.prod(kern.shape, dtype=np.int64)) < MIN_SPLIT_ELEMENTS or \
                 rows < REDUCTION_CHUNKS:
             return 0, 0
-        per_chunk = sum(size for _, _, size in partial)
         return REDUCTION_CHUNKS, REDUCTION_CHUNKS * per_chunk * np.dtype(kern.dtype).itemsize
 
     def gemm_buffers(self, m, n, k, dtype):
@@ -138,24 +137,23 @@ is the same on one thread or many."""
 
 
 def partial_outputs(kern):
-    """[(output index, offset in a chunk's partials, elements)] of a loop kernel's reduction
-    outputs that do not move along its first loop (a bias gradient's sum over the batch)."""
+    """([(output index, offset in a chunk's partials)], elements of one chunk's partials) for
+    a loop kernel's reduction outputs that do not move along its first loop (a bias
+    gradient's sum over the batch)."""
     first = next((d for d, s in enumerate(kern.shape) if s != 1), None)
     out, at = [], 0
     for j, (lay, _, mode) in enumerate(kern.outputs):
         if first is not None and mode in ("sum", "max") and lay.strides[first] == 0:
-            size = 1 + sum((n - 1) * st for n, st in zip(lay.shape, lay.strides) if st)
-            out.append((j, at, size))
-            at += size
-    return out
+            out.append((j, at))
+            at += 1 + sum((n - 1) * st for n, st in zip(lay.shape, lay.strides) if st)
+    return out, at
 
 
 def iteration(kern):
     """(loop shape, strides per layout, ranged, batch flag per loop) of a loop or finite-check
     kernel: its loops after collapsing, and whether its first loop may be split into ranges --
-    large enough, and every output moves along that loop, so chunks write disjoint elements
-    (a reduction over the first loop is not split: partial sums in a thread-dependent order
-    would make the result depend on the thread count)."""
+    large enough, and every output moves along that loop, so chunks write disjoint elements,
+    or its reductions over that loop go to fixed chunks' partial results (`kern.chunks`)."""
     cached = kern.__dict__.get("_iteration")
     if cached is None:
         layouts = kern.layouts() if kern.kind == "loop" else [kern.src]
@@ -169,14 +167,15 @@ def iteration(kern):
     return cached
 
 
-def _extents(b, fn, kern, n_buffers):
-    """The run-time trip count of each collapsed loop of `kern`, and its rows (lo, hi) of the
-    first: the ranged arguments, or the whole loop."""
-    shape, _, ranged, flags = iteration(kern)
+def _extents(b, fn, kern, rows=None):
+    """The run-time trip count of each collapsed loop of `kern` in its function `fn` (whose
+    last argument is the batch length when the kernel has a batch dimension); `rows`, the
+    ranged (lo, hi) arguments, replace the first loop's."""
+    shape, _, _, flags = iteration(kern)
     n = fn.args[-1] if kern.batch else None
     extents = [run_extent(b, s, f, n, kern.capacity) for s, f in zip(shape, flags)]
-    if ranged:
-        extents[0] = tuple(fn.args[n_buffers:n_buffers + 2])
+    if rows is not None:
+        extents[0] = tuple(rows)
     return extents
 
 
@@ -187,7 +186,6 @@ def element_offset(b, start, indices, strides):
         if st:
             off = b.add(off, b.mul(i, i64(st)))
     return off
-
 
 
 def split_bytes(kern):
@@ -223,12 +221,12 @@ def emit_loop_kernel(module, kern, name):
     if int(np.prod(kern.shape, dtype=np.int64)) == 0:
         b.ret_void()
         return fn
-    extents = _extents(b, fn, kern, len(buffers))
+    extents = _extents(b, fn, kern, fn.args[len(buffers):len(buffers) + 2] if ranged else None)
     into = {}                   # output index -> (base, offset): this chunk's partial results
     if kern.chunks:
         chunk, partials = fn.args[len(buffers) + 2:len(buffers) + 4]
-        per_chunk = sum(size for _, _, size in partial_outputs(kern))
-        for j, at, _ in partial_outputs(kern):
+        partial, per_chunk = partial_outputs(kern)
+        for j, at in partial:
             into[j] = (gep(b, partials, b.mul(chunk, i64(per_chunk)), ty), at)
 
     for j, ((lay, _, mode), st) in enumerate(zip(kern.outputs, strides[n_in:])):
@@ -260,12 +258,11 @@ def emit_combine(module, kern, name):
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     partials = fn.args[len(buffers)]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    shape, strides, _, flags = iteration(kern)
-    n = fn.args[-1] if kern.batch else None
-    extents = [run_extent(b, sz, f, n, kern.capacity) for sz, f in zip(shape, flags)]
-    per_chunk = sum(size for _, _, size in partial_outputs(kern))
+    shape, strides, _, _ = iteration(kern)
+    extents = _extents(b, fn, kern)
+    partial, per_chunk = partial_outputs(kern)
     n_in = len(kern.inputs)
-    for j, at, _ in partial_outputs(kern):
+    for j, at in partial:
         lay, _, mode = kern.outputs[j]
         st = strides[n_in + j]
         kept = [d for d in range(len(shape)) if st[d] != 0]
@@ -396,7 +393,8 @@ def emit_finite_check(module, kern, name):
         b.store(b.fadd(b.load(acc, typ=ty), b.fsub(x, x), flags=REDUCE_FLAGS), acc)
 
     if int(np.prod(src.shape, dtype=np.int64)):
-        loop_nest(b, _extents(b, fn, kern, len(buffers)), body)
+        loop_nest(b, _extents(b, fn, kern, fn.args[len(buffers):len(buffers) + 2]
+                              if ranged else None), body)
     total = b.load(acc, typ=ty)
     if not isinstance(ty, ir.DoubleType):
         total = b.fpext(total, ir.DoubleType())
@@ -465,12 +463,19 @@ class _Body:
     def at(self, lay):
         return gep(self.b, self.base(lay.buffer), lay.offset, llvm_type(lay.dtype))
 
-    def function(self, kern, emit):
-        key = kern.structure()
+    def function(self, kern, emit, role="kernel"):
+        """The function `emit` makes for `kern` in this `role` (the kernel itself, its
+        epilogue or its combine step), emitted once per structure."""
+        key = (role,) + kern.structure()
         fn = self.owner.functions.get(key)
         if fn is None:
             fn = self.owner.functions[key] = emit(self.module, kern, kern.name)
         return fn
+
+    def extent(self, kern, size, is_batch):
+        """A trip count of `kern` at run time (compiler.batch_axis for batch dimensions)."""
+        return run_extent(self.b, size, is_batch, self.batch_length() if is_batch else None,
+                          kern.capacity)
 
     def pointers(self, kern):
         """For each buffer of `kern`, a pointer to the first byte the kernel touches (its code
@@ -492,8 +497,7 @@ class _Body:
             b.call(fn, args + tail)
             return
         shape, _, _, flags = iteration(kern)
-        extent = run_extent(b, shape[0], flags[0], self.batch_length(), kern.capacity) \
-            if flags[0] else i64(shape[0])
+        extent = self.extent(kern, shape[0], flags[0])
         ways = b.call(thread_pool.declare_ways(self.module),
                       [i64(int(np.prod(shape, dtype=np.int64))), i64(split_bytes(kern)),
                        i64(thread_pool.WORK_KINDS.index("elements"))])
@@ -529,11 +533,7 @@ class _Body:
         b.branch(after)
         b.position_at_end(after)
         if kern.chunks:
-            key = ("combine",) + kern.structure()
-            combine = self.owner.functions.get(key)
-            if combine is None:
-                combine = self.owner.functions[key] = emit_combine(self.module, kern, kern.name)
-            b.call(combine, args + [partials] + tail)
+            b.call(self.function(kern, emit_combine, "combine"), args + [partials] + tail)
 
     def batch_length(self):
         """The run-time batch length (i64), read from its host scalar at the function's entry."""
@@ -583,16 +583,12 @@ def _call_gemm(body, kern):
     b = body.b
     dtype = np.dtype(kern.out.dtype)
     fn = declare_gemm(body.module, llvm_type(dtype), body.vector_width[dtype])
-    sizes = [run_extent(b, v, d in kern.batch, body.batch_length(), kern.capacity)
-             if d in kern.batch else i64(v) for d, v in enumerate(kern.dimensions())]
+    sizes = [body.extent(kern, v, d in kern.batch) for d, v in enumerate(kern.dimensions())]
     ldc = kern.out.strides[0] if kern.m > 1 else kern.n
     epilogue, words = ir.Constant(ir.PointerType(EPILOGUE_TYPE), None), ir.Constant(PTR, None)
     if kern.epilogue is not None:
         epi = kern.epilogue
-        key = ("epilogue",) + epi.structure()
-        epilogue = body.owner.functions.get(key)
-        if epilogue is None:
-            epilogue = body.owner.functions[key] = emit_epilogue(body.module, epi, epi.name)
+        epilogue = body.function(epi, emit_epilogue, "epilogue")
         epi.function = epilogue.name
         words = body.task_arguments(len(epi.buffers()))
         for k, ptr in enumerate(body.pointers(epi)):
@@ -623,7 +619,7 @@ def _describe(kern, names):
     nodes = ", ".join(names.get(n.id, "?") for n in kern.nodes)
     lines = sorted({n.source for n in kern.nodes if n.source})
     text = f"{kern.name}: {kern.kind}" + (f" of {nodes}" if nodes else "")
-    if getattr(kern, "epilogue", None) is not None:
+    if kern.epilogue is not None:
         text += f" with epilogue {kern.epilogue.name}"
     return text + (f" from {'; '.join(lines)}" if lines else "")
 
