@@ -38,6 +38,24 @@ def cycle_counter_hz(seconds=0.05):
     return (c1 - c0) / (t1 - t0)
 
 
+def load_objects(objects, name):
+    """A finalised MCJIT engine holding `objects` (object code). Its loader module is empty,
+    in the global context: an empty module interns nothing."""
+    empty = llvm.parse_assembly("")
+    empty.name = name
+    engine = llvm.create_mcjit_compiler(empty, new_target_machine())
+    try:
+        for obj in objects:
+            ref = llvm.ObjectFileRef.from_data(obj)
+            engine.add_object_file(ref)
+            ref.close()                      # the engine took the object's buffer
+        engine.finalize_object()
+    except BaseException:
+        engine.close()
+        raise
+    return engine
+
+
 class NativeStep:
     """The engine holding a step's machine code, and the ctypes function calling into it.
 
@@ -49,15 +67,8 @@ class NativeStep:
     def __init__(self, objects, symbol, n_slots, arena_bytes, n_scalars, thread_settings=None):
         from .pool import pool
         pool()                               # its symbols resolve the step's calls into it
-        empty = llvm.parse_assembly("")      # the global context: an empty module interns nothing
-        empty.name = symbol + ".loader"
-        self._engine = engine = llvm.create_mcjit_compiler(empty, new_target_machine())
+        self._engine = engine = load_objects(objects, symbol + ".loader")
         try:
-            for obj in objects:
-                ref = llvm.ObjectFileRef.from_data(obj)
-                engine.add_object_file(ref)
-                ref.close()                  # the engine took the object's buffer
-            engine.finalize_object()
             for name, threads in (thread_settings or {}).items():
                 slot = engine.get_global_value_address(name)
                 if slot:

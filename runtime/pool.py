@@ -18,6 +18,8 @@ import numpy as np
 
 from graphflux.compiler import llvm_backend, thread_pool
 
+from .native import cycle_counter_hz, load_objects
+
 SPIN_SECONDS = 250e-6
 """A worker spins this long after its last chunk before it parks: longer than the gap between
 two kernels of a step and than a training loop's Python between two steps."""
@@ -44,13 +46,7 @@ class ThreadPool:
     def __init__(self, threads):
         obj = llvm_backend.library_object(thread_pool.LIBRARY_NAME,
                                           lambda: str(thread_pool.pool_library()))
-        empty = llvm.parse_assembly("")
-        empty.name = "gf_pool.loader"
-        self._engine = llvm.create_mcjit_compiler(empty, llvm_backend.new_target_machine())
-        ref = llvm.ObjectFileRef.from_data(obj)
-        self._engine.add_object_file(ref)
-        ref.close()
-        self._engine.finalize_object()
+        self._engine = load_objects([obj], "gf_pool.loader")
         for name in ("run", "ways"):
             llvm.add_symbol(thread_pool.symbol(name), self._function(name))
         self._start = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)(self._function("start"))
@@ -62,7 +58,6 @@ class ThreadPool:
             self._function("time_transfer"))
         self.hz = ASSUMED_HZ
         self._set_budgets()
-        self.threads = threads
         self.workers = self._start(threads)
         self.cache_bytes = _private_cache_bytes()
         self.handoff_ns = self.fixed_ns = self.line_ns = 0.0
@@ -92,7 +87,6 @@ class ThreadPool:
         here, and hand the figures to the split decision; until then nothing is split by the
         model. A measurement that another dispatch ran serially, or during which the worker
         hardly ran (a compile keeping both cores busy), is taken again, up to 2 s later."""
-        from .native import cycle_counter_hz
         self.hz = cycle_counter_hz(0.01)
         self._set_budgets()
         for attempt in range(40):
