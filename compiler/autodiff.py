@@ -8,6 +8,7 @@ import numpy as np
 
 from . import elementwise as ew
 from . import ops
+from .errors import CompileError
 from .graph import Node, toposort
 
 
@@ -95,6 +96,58 @@ def _vjp_stop_gradient(g, out, ins, attrs, need):
     return [None]
 
 
+_CONV = ("stride", "pad", "dilation", "groups", "flipped")
+
+
+def _conv_attrs(attrs, **extra):
+    return dict({k: attrs[k] for k in _CONV}, **extra)
+
+
+def _vjp_conv(g, out, ins, attrs, need):
+    """conv is bilinear: its input gradient is conv_transpose, its weight gradient
+    conv_filter_grad, both with the forward's attributes."""
+    x, w = ins
+    return [ops.bind("conv_transpose", (g, w), _conv_attrs(attrs, spatial=x.shape[2:]))
+            if need[0] else None,
+            ops.bind("conv_filter_grad", (x, g), _conv_attrs(attrs, window=w.shape[2:]))
+            if need[1] else None]
+
+
+def _vjp_conv_transpose(g, out, ins, attrs, need):
+    dy, w = ins
+    return [ops.bind("conv", (g, w), _conv_attrs(attrs)) if need[0] else None,
+            ops.bind("conv_filter_grad", (g, dy), _conv_attrs(attrs, window=w.shape[2:]))
+            if need[1] else None]
+
+
+def _vjp_conv_filter_grad(g, out, ins, attrs, need):
+    x, dy = ins
+    return [ops.bind("conv_transpose", (dy, g), _conv_attrs(attrs, spatial=x.shape[2:]))
+            if need[0] else None,
+            ops.bind("conv", (x, g), _conv_attrs(attrs)) if need[1] else None]
+
+
+def _pool_attrs(attrs, **extra):
+    return dict({k: attrs[k] for k in ("window", "stride", "pad")}, **extra)
+
+
+def _vjp_maxpool(g, out, ins, attrs, need):
+    return [ops.bind("maxpool_grad", (ins[0], g), _pool_attrs(attrs))]
+
+
+def _vjp_meanpool(g, out, ins, attrs, need):
+    return [ops.bind("meanpool_grad", (g,), _pool_attrs(attrs, spatial=ins[0].shape[2:]))]
+
+
+def _vjp_meanpool_grad(g, out, ins, attrs, need):
+    return [ops.bind("meanpool", (g,), _pool_attrs(attrs))]
+
+
+def _vjp_maxpool_grad(g, out, ins, attrs, need):
+    raise CompileError("second derivatives through max pooling are not supported (the "
+                       "gradient of maxpool_grad); differentiate a loss once, or use meanpool")
+
+
 VJP_RULES = {
     "elementwise": _vjp_elementwise,
     "cast": _vjp_cast,
@@ -108,6 +161,13 @@ VJP_RULES = {
     "unslice": _vjp_unslice,
     "stop_gradient": _vjp_stop_gradient,
     "random": _vjp_stop_gradient,
+    "conv": _vjp_conv,
+    "conv_transpose": _vjp_conv_transpose,
+    "conv_filter_grad": _vjp_conv_filter_grad,
+    "maxpool": _vjp_maxpool,
+    "meanpool": _vjp_meanpool,
+    "maxpool_grad": _vjp_maxpool_grad,
+    "meanpool_grad": _vjp_meanpool_grad,
 }
 
 

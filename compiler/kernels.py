@@ -272,4 +272,99 @@ class FiniteCheckKernel(Kernel):
                 self.batch)
 
 
-KINDS = (LoopKernel, GemmKernel, RandomKernel, FiniteCheckKernel)
+@dataclass(frozen=True)
+class Window:
+    """A convolution's or pooling's geometry with three spatial axes (fewer are padded in
+    front with size 1, window 1, stride 1, no padding): batch `n`, input channels `c`, output
+    channels `o` (pooling: o == c), `groups`, and per axis the input, output and window sizes,
+    stride, dilation and low padding; `flipped` as compiler.window_geometry says."""
+    n: int
+    c: int
+    o: int
+    groups: int
+    inp: tuple
+    out: tuple
+    window: tuple
+    stride: tuple
+    dilation: tuple
+    low: tuple
+    flipped: bool = True
+
+    def dimensions(self):
+        return (self.n, self.o, self.c) + self.out + self.window
+
+    def patch_rows(self):
+        """Rows of one group's patch matrix: input channels of a group times window size."""
+        return self.c // self.groups * math.prod(self.window)
+
+
+@dataclass(eq=False)
+class ConvKernel(Kernel):
+    """One member of the convolution family (compiler.convolution): `mode` "forward" reads x
+    and w and writes y; "transpose" reads dy and w and writes dx; "filter" reads x and dy and
+    writes dw, through per-chunk `partials` added in chunk order. `scratch_buffer` holds each
+    task's patch block and GEMM packing buffers; `tasks` run on the pool's threads."""
+    name: str
+    mode: str
+    first: Layout
+    second: Layout
+    out: Layout
+    geometry: Window
+    work: Buffer = None
+    partials: Buffer = None
+    tasks: int = 1
+    nodes: list = field(default_factory=list)
+    kind = "conv"
+
+    def dimensions(self):
+        return self.geometry.dimensions()
+
+    def reads(self):
+        return [self.first, self.second]
+
+    def writes(self):
+        return [self.out]
+
+    def scratch(self):
+        return [self.work] + ([self.partials] if self.partials is not None else [])
+
+    def flops(self):
+        g = self.geometry
+        return 2 * g.n * g.o * math.prod(g.out) * g.patch_rows()
+
+    def structure(self):
+        return (self.kind, self.mode, self.geometry, self.tasks, self.batch,
+                np.dtype(self.out.dtype).str)
+
+
+@dataclass(eq=False)
+class PoolKernel(Kernel):
+    """Max or mean pooling (`mode` "max", "mean") or its gradient ("max_grad" reads x and dy,
+    "mean_grad" dy), one (sample, channel) plane at a time (compiler.pooling)."""
+    name: str
+    mode: str
+    inputs: list
+    out: Layout
+    geometry: Window
+    nodes: list = field(default_factory=list)
+    kind = "pool"
+
+    def dimensions(self):
+        g = self.geometry
+        return (g.n, g.c) + g.out
+
+    def reads(self):
+        return list(self.inputs)
+
+    def writes(self):
+        return [self.out]
+
+    def flops(self):
+        g = self.geometry
+        return g.n * g.c * math.prod(g.out) * math.prod(g.window)
+
+    def structure(self):
+        return (self.kind, self.mode, self.geometry, self.batch, np.dtype(self.out.dtype).str)
+
+
+KINDS = (LoopKernel, GemmKernel, RandomKernel, FiniteCheckKernel, ConvKernel, PoolKernel)

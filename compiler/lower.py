@@ -20,7 +20,9 @@ from llvmlite import ir
 from . import thread_pool
 from . import transcendental as tr
 from .batch_axis import BATCH_LENGTH
+from .convolution import call_conv, conv_buffers
 from .loops import I64, for_range, gep, i64, smin
+from .pooling import call_pool
 from .matmul import EPILOGUE_TYPE, SCRATCH_BYTES, declare_gemm, pack_elements
 from .ops import RANDOM_MIX
 from .scalar_library import declare as declare_scalar
@@ -95,6 +97,11 @@ class CpuBackend:
                 rows < REDUCTION_CHUNKS:
             return 0, 0
         return REDUCTION_CHUNKS, REDUCTION_CHUNKS * per_chunk * np.dtype(kern.dtype).itemsize
+
+    def conv_buffers(self, geometry, mode, dtype):
+        """(work bytes, partials bytes, tasks) of a convolution kernel (compiler.convolution)."""
+        return conv_buffers(geometry, mode, dtype, self.vector_width[np.dtype(dtype)],
+                            self.threads)
 
     def gemm_buffers(self, m, n, k, dtype):
         """(packed A bytes, packed B bytes, thread scratch bytes) for an m x k @ k x n GEMM."""
@@ -535,6 +542,22 @@ class _Body:
         if kern.chunks:
             b.call(self.function(kern, emit_combine, "combine"), args + [partials] + tail)
 
+    def run_tasks(self, task, values, count, work, nbytes, kind):
+        """task(args, t) for t in [0, count), `args` holding `values` (pointers or i64): on the
+        pool's threads when gf_pool_ways says a split of `work` over `nbytes` of data pays,
+        else one after another here. Either way every task computes the same numbers."""
+        b = self.b
+        words = self.task_arguments(len(values))
+        for k, v in enumerate(values):
+            b.store(b.ptrtoint(v, I64) if isinstance(v.type, ir.PointerType) else v,
+                    gep(b, words, k, I64))
+        ways = b.call(thread_pool.declare_ways(self.module), [i64(work), i64(nbytes), i64(kind)])
+        with b.if_else(b.icmp_signed(">", ways, i64(1))) as (split, serial):
+            with split:
+                b.call(thread_pool.declare_run(self.module), [task, words, i64(count)])
+            with serial:
+                for_range(b, 0, count, lambda t: b.call(task, [words, t]), name="task")
+
     def batch_length(self):
         """The run-time batch length (i64), read from its host scalar at the function's entry."""
         if self.n is None:
@@ -610,6 +633,9 @@ EMITTERS = {
     "random": lambda body, kern: body.call_function(kern, emit_random_kernel),
     "finite_check": lambda body, kern: _call_finite_check(body, kern),
     "gemm": _call_gemm,
+    "conv": lambda body, kern: call_conv(body, kern, llvm_type(kern.out.dtype),
+                                         body.vector_width[np.dtype(kern.out.dtype)]),
+    "pool": lambda body, kern: call_pool(body, kern, llvm_type(kern.out.dtype)),
 }
 """kernel kind -> emits the kernel's call in the step (and its function, once per structure)."""
 

@@ -129,7 +129,7 @@ def gemm_name(ty, vw):
 
 
 MAX_THREADS = 16
-N_ARGS = 18
+N_ARGS = 19
 SCRATCH_BYTES = MAX_THREADS * N_ARGS * 8   # each block's arguments
 MIN_SPLIT_FLOPS = 1 << 16
 """Products below this never split (their packing buffers have one share); above it the thread
@@ -151,10 +151,24 @@ def _gemm_type():
 
 def _serial_type():
     """(A, B, C, packA, packB, M, N, K, sam, sak, sbk, sbn, ldc, nc_cap, epilogue, its args,
-    row0, col0): row0 and col0 place this C in the whole product's, for the epilogue."""
+    row0, col0, accumulate): row0 and col0 place this C in the whole product's, for the
+    epilogue; accumulate != 0 adds the product to C instead of storing it."""
     ptr = ir.PointerType()
     return ir.FunctionType(ir.VoidType(), [ptr] * 5 + [I64] * 9
-                           + [ir.PointerType(EPILOGUE_TYPE), ptr, I64, I64])
+                           + [ir.PointerType(EPILOGUE_TYPE), ptr, I64, I64, I64])
+
+
+def serial_name(ty, vw):
+    """The one-thread GEMM, exported from the library for kernels that run many small products
+    inside their own split (compiler.convolution): no pool, per-call packing buffers."""
+    return gemm_name(ty, vw) + "_serial"
+
+
+def declare_serial_gemm(module, ty, vw):
+    name = serial_name(ty, vw)
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, _serial_type(), name=name)
 
 
 def declare_gemm(module, ty, vw):
@@ -184,7 +198,7 @@ def gemm_library(ty, vw):
     the blocks for a shared L2 lost 2-5%). Every element of C is
     summed in the same order whatever the split, so the result does not depend on the threads."""
     module = ir.Module(name=gemm_name(ty, vw))
-    serial = _define_gemm(module, gemm_name(ty, vw) + ".serial", ty, vw)
+    serial = _define_gemm(module, serial_name(ty, vw), ty, vw)
     _define_parallel(module, gemm_name(ty, vw), serial, ty, vw)
     return module
 
@@ -201,7 +215,7 @@ def _define_parallel(module, name, serial, ty, vw):
     task.linkage = "internal"
     tb = ir.IRBuilder(task.append_basic_block("entry"))
     base = tb.mul(task.args[1], i64(N_ARGS))
-    kinds = [ptr] * 5 + [I64] * 9 + [ir.PointerType(EPILOGUE_TYPE), ptr, I64, I64]
+    kinds = [ptr] * 5 + [I64] * 9 + [ir.PointerType(EPILOGUE_TYPE), ptr, I64, I64, I64]
     tb.call(serial, [tb.load(gep(tb, task.args[0], tb.add(base, i64(i)), I64), typ=kind)
                      for i, kind in enumerate(kinds)])
     tb.ret_void()
@@ -221,7 +235,7 @@ def _define_parallel(module, name, serial, ty, vw):
     b.cbranch(parallel, par_bb, ser_bb)
     b.position_at_end(ser_bb)
     b.call(serial, [A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc, i64(NC[is_f32]),
-                    epi, epi_args, i64(0), i64(0)])
+                    epi, epi_args, i64(0), i64(0), i64(0)])
     b.ret_void()
 
     b.position_at_end(par_bb)
@@ -244,7 +258,7 @@ def _define_parallel(module, name, serial, ty, vw):
         return [gep(b, A, a_off, ty), gep(b, B, b_off, ty), gep(b, C, c_off, ty),
                 gep(b, PA, b.mul(i, pa_size), ty), gep(b, PB, b.mul(i, pb_size), ty),
                 m, n, K, sam, sak, sbk, sbn, ldc, i64(NC[is_f32]), epi, epi_args,
-                b.select(by_cols, i64(0), start), b.select(by_cols, start, i64(0))]
+                b.select(by_cols, i64(0), start), b.select(by_cols, start, i64(0)), i64(0)]
 
     def write_args(i):
         for k, v in enumerate(block_args(i)):
@@ -289,9 +303,8 @@ def _define_gemm(module, name, ty, vw):
     mc_cap = MC
     uk = _micro_kernel(module, name + ".uk", ty, vw)
     fn = ir.Function(module, _serial_type(), name=name)
-    fn.linkage = "internal"
-    A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc, nc_cap_arg, epi, epi_args, r0, c0 = \
-        fn.args
+    A, B, C, PA, PB, M, N, K, sam, sak, sbk, sbn, ldc, nc_cap_arg, epi, epi_args, r0, c0, \
+        accumulate = fn.args
     for a in fn.args[:5]:
         a.add_attribute("noalias")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -363,7 +376,8 @@ def _define_gemm(module, name, ty, vw):
                         row0 = b.add(ic, b.mul(p, i64(MR)))
                         col0 = b.add(jc, b.mul(q, i64(nr)))
                         c_tile = gep(b, C, b.add(b.mul(row0, ldc), col0), ty)
-                        first = b.icmp_signed("!=", pc, i64(0))
+                        first = b.or_(b.icmp_signed("!=", pc, i64(0)),
+                                      b.icmp_signed("!=", accumulate, i64(0)))
                         b.call(uk, [a_panel, b_panel, c_tile, ldc, kc, first, rows, cols])
                     for_range(b, 0, mpanels, ir_body, name="ir")
                 for_range(b, 0, npanels, jr_body, name="jr")

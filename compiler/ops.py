@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import ShapeError, TraceError
 from .tracer import TABLES, Tracer, _stack as _contexts
+from .window_geometry import SHAPE_RULES as WINDOW_SHAPE_RULES
 
 NUMPY_IMPLS = {}
 NUMPY_ELEMENTWISE = {}   # fn name -> numpy function, filled by the runtime (eager fast path)
@@ -115,6 +116,7 @@ SHAPE_RULES = {
     "unslice": _rule_unslice,
     "stop_gradient": _rule_same,
     "random": _rule_random,
+    **WINDOW_SHAPE_RULES,
 }
 PRIMITIVES = tuple(SHAPE_RULES)
 TABLES.update(shape=SHAPE_RULES, numpy=NUMPY_IMPLS)

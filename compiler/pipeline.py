@@ -185,6 +185,6 @@ def _libraries(ir_text, widths):
     out = []
     for dtype, ty in _TYPES:
         name = gemm_name(ty, widths[dtype])
-        if f'@"{name}"' in ir_text or f"@{name}(" in ir_text:
+        if f'@"{name}' in ir_text or f"@{name}" in ir_text:     # the GEMM or its _serial
             out.append(gemm_object(dtype, widths))
     return out

@@ -16,8 +16,8 @@ from .epilogue import fuse_gemm_epilogues
 from .errors import CompileError
 from .fusion import FUSIBLE, REDUCTIONS
 from .in_place import move_updates_in_place
-from .kernels import (Buffer, FiniteCheckKernel, GemmKernel, Layout, LoopKernel, RandomKernel,
-                      broadcast_strides, dense_strides)
+from .kernels import (Buffer, ConvKernel, FiniteCheckKernel, GemmKernel, Layout, LoopKernel,
+                      PoolKernel, RandomKernel, Window, broadcast_strides, dense_strides)
 from .loop_kernels import copy_kernel, fused_kernel
 from .memory import assign_arena
 from .schedule import consumers, units
@@ -238,6 +238,56 @@ class Planner:
         self.kernels.append(RandomKernel(self._name("random"), out, self.layout(node.inputs[0]),
                                          node.attrs["key"], [node]))
 
+    def _dense(self, node):
+        """The node's layout if it is dense, else a dense copy: window kernels address their
+        operands as dense (N, C, *spatial) arrays."""
+        lay = self.layout(node)
+        if lay.is_contiguous():
+            return lay
+        buf = Buffer("arena", max(node.size, 1) * node.dtype.itemsize, name=f"dense %{node.id}")
+        self.arena_buffers.append(buf)
+        dst = Layout(buf, 0, dense_strides(node.shape), node.shape, node.dtype)
+        self.kernels.append(self._copy_kernel(lay, dst, self._name("dense")))
+        return dst
+
+    def _conv(self, node):
+        """conv, conv_transpose, conv_filter_grad: one ConvKernel, its geometry that of the
+        forward convolution all three belong to."""
+        _check_dtype(node.dtype, node.source)
+        a, b = node.inputs
+        x, w, y = {"conv": (a, b, node), "conv_transpose": (node, b, a),
+                   "conv_filter_grad": (a, node, b)}[node.op]
+        attrs = node.attrs
+        geometry = Window(x.shape[0], x.shape[1], w.shape[0], attrs["groups"], _three(x.shape[2:]),
+                          _three(y.shape[2:]), _three(w.shape[2:]), _three(attrs["stride"]),
+                          _three(attrs["dilation"]), _three([lo for lo, _ in attrs["pad"]], 0),
+                          attrs["flipped"])
+        mode = {"conv": "forward", "conv_transpose": "transpose",
+                "conv_filter_grad": "filter"}[node.op]
+        first, second = self._dense(a), self._dense(b)
+        out = self._materialised(node, self._new_buffer(node))
+        work, partials, tasks = self.backend.conv_buffers(geometry, mode, node.dtype)
+        self.kernels.append(ConvKernel(
+            self._name(f"conv_{mode}"), mode, first, second, out, geometry,
+            Buffer("arena", work, name="conv work"),
+            Buffer("arena", partials, name="conv partials") if partials else None, tasks,
+            nodes=[node]))
+
+    def _pool(self, node):
+        _check_dtype(node.dtype, node.source)
+        x = node.inputs[0] if node.op != "meanpool_grad" else node
+        y = node if node.op in ("maxpool", "meanpool") else node.inputs[-1]
+        attrs = node.attrs
+        geometry = Window(x.shape[0], x.shape[1], x.shape[1], 1, _three(x.shape[2:]),
+                          _three(y.shape[2:]), _three(attrs["window"]), _three(attrs["stride"]),
+                          (1, 1, 1), _three([lo for lo, _ in attrs["pad"]], 0))
+        mode = {"maxpool": "max", "meanpool": "mean", "maxpool_grad": "max_grad",
+                "meanpool_grad": "mean_grad"}[node.op]
+        inputs = [self._dense(i) for i in node.inputs]
+        out = self._materialised(node, self._new_buffer(node))
+        self.kernels.append(PoolKernel(self._name(f"pool_{mode}"), mode, inputs, out, geometry,
+                                       nodes=[node]))
+
     def _fused_alone(self, node):
         self._group_kernel([node])
 
@@ -274,8 +324,16 @@ PLANNER_RULES = {
     "cast": Planner._fused_alone,
     "reduce_sum": Planner._fused_alone,
     "reduce_max": Planner._fused_alone,
+    **{op: Planner._conv for op in ("conv", "conv_transpose", "conv_filter_grad")},
+    **{op: Planner._pool for op in ("maxpool", "meanpool", "maxpool_grad", "meanpool_grad")},
 }
 """op -> the rule that plans it: which kernel (if any) a node of that op becomes."""
+
+
+def _three(values, fill=1):
+    """Per-axis values of a window over one to three spatial axes, as three (padded in front)."""
+    values = tuple(int(v) for v in values)
+    return (fill,) * (3 - len(values)) + values
 
 
 def _check_dtype(dtype, where):

@@ -8,8 +8,8 @@ from .activations import (celu, elementwise, elu, gelu, hardsigmoid, hardswish, 
                           logsoftmax, logσ, mish, relu, relu6, selu, sigmoid, sigmoid_fast,
                           softmax, softplus, softshrink, softsign, swish, tanh, tanh_fast,
                           tanhshrink, trelu, σ)
-from .arrays import (exp, flatten, log, matmul, max, mean, reshape, sqrt, sum,  # noqa: F401
-                     transpose, where)
+from .arrays import (SamePad, conv, conv_transpose, exp, flatten, log, matmul,  # noqa: F401
+                     max, maxpool, mean, meanpool, reshape, sqrt, sum, transpose, where)
 from .compare import compare  # noqa: F401
 from .compiled import compile  # noqa: F401
 from .data import DataLoader, onecold, onehotbatch  # noqa: F401

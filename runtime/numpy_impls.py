@@ -6,6 +6,7 @@ from graphflux.compiler import elementwise as ew
 from graphflux.compiler import ops
 
 from .sympy_numpy import to_numpy_source
+from .window_numpy import IMPLS as WINDOW_IMPLS
 
 _compiled = {}
 
@@ -144,6 +145,7 @@ IMPLS = {
     "unslice": unslice,
     "stop_gradient": lambda x: x,
     "random": random,
+    **WINDOW_IMPLS,
 }
 
 ops.NUMPY_IMPLS.update(IMPLS)

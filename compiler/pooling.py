@@ -1,0 +1,140 @@
+"""Native max and mean pooling and their gradients, one (sample, channel) plane at a time.
+
+The planes are split into POOL_TASKS fixed shares run on the pool's threads; each plane's
+result depends on that plane alone, so any split gives the same numbers. Small windows are
+unrolled (LeNet's 2 x 2), and bounds are checked only when padding or a partial last window
+can put a window position outside the input.
+
+Max pooling's rule, shared with the numpy implementation: a window's result is its first
+maximum in row-major window order, or its first NaN (NaN in, NaN out), and the gradient goes
+to that one element."""
+import itertools
+import math
+
+import numpy as np
+from llvmlite import ir
+
+from . import thread_pool
+from .loops import I64, for_range, gep, i64, smin
+
+POOL_TASKS = 8
+UNROLL = 16
+PTR = ir.PointerType()
+
+
+def _needs_checks(g):
+    return any(lo > 0 or (o - 1) * s + k - lo > n
+               for lo, o, s, k, n in zip(g.low, g.out, g.stride, g.window, g.inp))
+
+
+def _positions(b, window, body):
+    """body(kd, kh, kw) for every window offset: unrolled when the window is small."""
+    if math.prod(window) <= UNROLL:
+        for k in itertools.product(*[range(n) for n in window]):
+            body(*[i64(v) for v in k])
+        return
+    for_range(b, 0, window[0], lambda kd: for_range(b, 0, window[1], lambda kh: for_range(
+        b, 0, window[2], lambda kw: body(kd, kh, kw), name="pw"), name="ph"), name="pd")
+
+
+def emit_task(module, kern, name, ty):
+    """void name.task(ptr args, i64 t): planes [t * per, (t + 1) * per); args holds the
+    inputs (x or dy; for max_grad x then dy), the output and the number of planes."""
+    g, mode = kern.geometry, kern.mode
+    task = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64]), name=name + ".task")
+    task.linkage = "internal"
+    task.attributes.add("nounwind")
+    words, t = task.args
+    b = ir.IRBuilder(task.append_basic_block("entry"))
+    acc = b.alloca(ty, name="acc")
+    best = b.alloca(I64, name="best")
+    first, second, out = (b.inttoptr(b.load(gep(b, words, k, I64), typ=I64), PTR)
+                          for k in range(3))
+    planes = b.load(gep(b, words, 3, I64), typ=I64)
+    plane_in, plane_out = math.prod(g.inp), math.prod(g.out)
+    size = float(math.prod(g.window))
+    checks = _needs_checks(g)
+    grad = mode.endswith("grad")
+
+    def plane(p):
+        x_p = gep(b, first, b.mul(p, i64(plane_in)), ty)
+        dy_p = gep(b, second if mode == "max_grad" else first, b.mul(p, i64(plane_out)), ty)
+        out_p = gep(b, out, b.mul(p, i64(plane_in if grad else plane_out)), ty)
+        if grad:
+            for_range(b, 0, plane_in, lambda e: b.store(ir.Constant(ty, 0.0),
+                                                       gep(b, out_p, e, ty)), name="zero")
+
+        def position(od, oh, ow):
+            o = b.add(b.mul(b.add(b.mul(od, i64(g.out[1])), oh), i64(g.out[2])), ow)
+            corner = [b.sub(b.mul(v, i64(s)), i64(lo)) for v, s, lo in
+                      zip((od, oh, ow), g.stride, g.low)]
+
+            def visit(use):
+                def at(kd, kh, kw):
+                    idx = [b.add(c, k) for c, k in zip(corner, (kd, kh, kw))]
+                    off = b.add(b.mul(b.add(b.mul(idx[0], i64(g.inp[1])), idx[1]),
+                                      i64(g.inp[2])), idx[2])
+                    if not checks:
+                        use(off)
+                        return
+                    inside = None
+                    for v, n in zip(idx, g.inp):
+                        ok = b.and_(b.icmp_signed(">=", v, i64(0)), b.icmp_signed("<", v, i64(n)))
+                        inside = ok if inside is None else b.and_(inside, ok)
+                    with b.if_then(inside):
+                        use(off)
+                _positions(b, g.window, at)
+
+            if mode in ("max", "max_grad"):
+                b.store(ir.Constant(ty, -np.inf), acc)
+                b.store(i64(-1), best)
+
+                def take(off):
+                    v = b.load(gep(b, x_p, off, ty), typ=ty)
+                    m, i = b.load(acc, typ=ty), b.load(best, typ=I64)
+                    better = b.or_(b.or_(b.icmp_signed("<", i, i64(0)),
+                                         b.fcmp_ordered(">", v, m)),
+                                   b.and_(b.fcmp_unordered("uno", v, v),
+                                          b.fcmp_ordered("ord", m, m)))
+                    b.store(b.select(better, v, m), acc)
+                    b.store(b.select(better, off, i), best)
+                visit(take)
+                if mode == "max":
+                    b.store(b.load(acc, typ=ty), gep(b, out_p, o, ty))
+                else:
+                    i = b.load(best, typ=I64)
+                    with b.if_then(b.icmp_signed(">=", i, i64(0))):
+                        p_dx = gep(b, out_p, i, ty)
+                        b.store(b.fadd(b.load(p_dx, typ=ty),
+                                       b.load(gep(b, dy_p, o, ty), typ=ty)), p_dx)
+            elif mode == "mean":
+                b.store(ir.Constant(ty, 0.0), acc)
+                visit(lambda off: b.store(b.fadd(b.load(acc, typ=ty), b.load(
+                    gep(b, x_p, off, ty), typ=ty)), acc))
+                b.store(b.fdiv(b.load(acc, typ=ty), ir.Constant(ty, size)), gep(b, out_p, o, ty))
+            else:
+                share = b.fdiv(b.load(gep(b, dy_p, o, ty), typ=ty), ir.Constant(ty, size))
+
+                def spread(off):
+                    p_dx = gep(b, out_p, off, ty)
+                    b.store(b.fadd(b.load(p_dx, typ=ty), share), p_dx)
+                visit(spread)
+        for_range(b, 0, g.out[0], lambda od: for_range(b, 0, g.out[1], lambda oh: for_range(
+            b, 0, g.out[2], lambda ow: position(od, oh, ow), name="ow"), name="oh"), name="od")
+
+    per = b.sdiv(b.add(planes, i64(POOL_TASKS - 1)), i64(POOL_TASKS))
+    lo = smin(b, b.mul(t, per), planes)
+    for_range(b, lo, smin(b, b.add(lo, per), planes), plane, name="plane")
+    b.ret_void()
+    return task
+
+
+def call_pool(body, kern, ty):
+    task = body.function(kern, lambda module, k, name: emit_task(module, k, name, ty))
+    kern.function = task.name
+    g = kern.geometry
+    planes = body.b.mul(body.extent(kern, g.n, 0 in kern.batch), i64(g.c))
+    inputs = [body.at(lay) for lay in kern.inputs]
+    values = (inputs + [ir.Constant(PTR, None)])[:2] + [body.at(kern.out), planes]
+    body.run_tasks(task, values, POOL_TASKS, kern.flops(), sum(
+        lay.nbytes() for lay in kern.layouts()), thread_pool.WORK_KINDS.index("elements"))
