@@ -120,14 +120,20 @@ def packed_instructions(asm, suffix, register):
 
 def test_loops_vectorise(compiled):
     dtype, _, _, art = compiled
-    bits = host_vector_bits()
+    """Loops use the widest vectors -- or 256-bit ones on AVX-512 CPUs LLVM tunes for them
+    (icelake-server, sapphirerapids: "prefer-256-bit", against the clock drop of zmm code;
+    the GEMM's micro-kernel uses zmm explicitly)."""
+    widest = host_vector_bits()
     width = "float" if dtype == np.float32 else "double"
-    lanes = bits // (32 if dtype == np.float32 else 64)
-    assert f"<{lanes} x {width}>" in art.llvm_ir_optimized
     suffix = "ps" if dtype == np.float32 else "pd"
-    register = {512: "zmm", 256: "ymm", 128: "xmm"}[bits]
-    found = packed_instructions(art.asm, suffix, register)
-    assert len(found) >= 20, (suffix, register, found[:5])
+    found = {}
+    for bits in ((512, 256) if widest == 512 else (widest,)):
+        lanes = bits // (32 if dtype == np.float32 else 64)
+        register = {512: "zmm", 256: "ymm", 128: "xmm"}[bits]
+        if f"<{lanes} x {width}>" in art.llvm_ir_optimized:
+            found[bits] = packed_instructions(art.asm, suffix, register)
+    assert any(len(f) >= 20 for f in found.values()), (suffix, {b: f[:5] for b, f in
+                                                               found.items()})
 
 
 def test_the_packed_instruction_check_rejects_scalar_code():
@@ -147,7 +153,9 @@ def test_every_primitive_has_every_rule():
         assert op in VJP_RULES, op
         assert op in IMPLS, op
     lowered = {"elementwise", "cast", "reduce_sum", "reduce_max", "matmul", "unslice", "random"}
-    assert set(ops.PRIMITIVES) == lowered | set(VIEW_OPS)
+    windows = {"conv", "conv_transpose", "conv_filter_grad", "maxpool", "meanpool",
+               "maxpool_grad", "meanpool_grad"}       # run natively in tests/test_convolution.py
+    assert set(ops.PRIMITIVES) == lowered | windows | set(VIEW_OPS)
 
 
 def test_every_builtin_elementwise_fn_lowers_and_is_checked():
