@@ -16,7 +16,9 @@ from .data import DataLoader, onecold, onehotbatch  # noqa: F401
 from .errors import GraphfluxError, NonFiniteLoss  # noqa: F401
 from .gradients import gradient, pullback, update, withgradient  # noqa: F401
 from .jit import jit  # noqa: F401
-from .layers import BatchNorm, Chain, Dense, Dropout, LayerNorm, glorot_uniform  # noqa: F401
+from .layers import (AdaptiveMaxPool, AdaptiveMeanPool, BatchNorm, Chain, Conv,  # noqa: F401
+                     ConvTranspose, CrossCor, Dense, Dropout, GlobalMaxPool, GlobalMeanPool,
+                     LayerNorm, MaxPool, MeanPool, glorot_uniform)
 from .modes import testmode, trainmode  # noqa: F401
 from .optimise import (AdaBelief, AdaDelta, AdaGrad, AdaMax, Adam, AdamW, AMSGrad,  # noqa: F401
                        ClipNorm, ClipValue, Descent, ExpDecay, InvDecay, Momentum, NAdam,

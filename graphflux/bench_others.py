@@ -17,6 +17,8 @@ def torch_step(spec, model):
     except ImportError:
         return None
     torch.set_num_threads(os.cpu_count() or 1)
+    if "model" in spec:
+        return _torch_lenet(torch, model)
     params = []
     for layer in _layers(model):
         params += [torch.tensor(layer.weight.copy(), requires_grad=True),
@@ -43,6 +45,32 @@ def torch_step(spec, model):
     return step
 
 
+def _torch_lenet(torch, model):
+    """LeNet in PyTorch eager: conv2d takes graphflux's Conv weights flipped (Conv is a true
+    convolution, conv2d a cross-correlation)."""
+    F = torch.nn.functional
+    params = []
+    for layer in _layers(model):
+        w = layer.weight[..., ::-1, ::-1] if layer.weight.ndim == 4 else layer.weight
+        params += [torch.tensor(w.copy(), requires_grad=True),
+                   torch.tensor(layer.bias.copy(), requires_grad=True)]
+    c1, b1, c2, b2, d1, e1, d2, e2, d3, e3 = params
+    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-8)
+
+    def step(x, y):
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
+        opt.zero_grad()
+        h = F.max_pool2d(torch.relu(F.conv2d(x, c1, b1)), 2)
+        h = F.max_pool2d(torch.relu(F.conv2d(h, c2, b2)), 2).flatten(1)
+        h = torch.relu(h @ d1.T + e1)
+        h = torch.relu(h @ d2.T + e2)
+        loss = F.cross_entropy(h @ d3.T + e3, y)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+    return step
+
+
 def _torch_act(torch, act):
     name = getattr(act, "__name__", "identity")
     return {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}.get(
@@ -50,7 +78,9 @@ def _torch_act(torch, act):
 
 
 def jax_step(spec, model):
-    """A function step(x, y) -> loss running the workload as one jax.jit'd update."""
+    """A function step(x, y) -> loss running the workload as one jax.jit'd update (MLPs)."""
+    if "model" in spec:
+        return None
     try:
         import jax
         import jax.numpy as jnp

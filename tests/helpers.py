@@ -87,3 +87,11 @@ def run_together(work, n=2, timeout=120):
         t.join(timeout=timeout)
     assert not any(t.is_alive() for t in threads), "a thread hangs"
     assert not errors, errors
+
+
+def loop_vector_bits():
+    """Widths LLVM's loop vectoriser may choose here: the widest registers, or on AVX-512 CPUs
+    it tunes for 256-bit vectors (icelake-server, sapphirerapids: "prefer-256-bit", against
+    zmm code's clock drop) 256 bits -- the GEMM's micro-kernel uses zmm explicitly."""
+    widest = host_vector_bits()
+    return (512, 256) if widest == 512 else (widest,)

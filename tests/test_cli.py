@@ -70,6 +70,8 @@ def test_inspect_prints_every_stage_of_every_workload():
     from graphflux.bench import workloads
     from graphflux.cli import STAGES, inspect
     for name, spec in workloads().items():
+        if "sizes" not in spec:           # LeNet: below
+            continue
         sizes, batch = spec["sizes"], spec["batch"]
         layers = len(sizes) - 1
         adam = type(spec["opt"]()).__name__ == "Adam"
@@ -108,6 +110,7 @@ def test_inspect_prints_every_stage_of_every_workload():
         assert "(vjp)" in texts["grad"] and "[kernel" not in texts["grad"]
         assert re.search(r"\[kernel \d+\]", texts["optimized"]), where("optimized")
 
+
         llvm = texts["llvm"]
         symbol = re.search(r'define i32 @"(gf_step_\w+)"', llvm)
         assert symbol, where("llvm")
@@ -126,6 +129,21 @@ def test_inspect_prints_every_stage_of_every_workload():
         products += products + sum(2 * batch * sizes[i] * sizes[i + 1] for i in range(1, layers))
         assert products <= stats["flops"] <= 1.5 * products, (name, stats["flops"], products)
         assert stats["key"][:20] in symbol
+
+
+
+def test_inspect_shows_lenets_convolutions_and_their_gradients():
+    from graphflux.cli import inspect
+    texts = {}
+    for stage in ("graph", "grad"):
+        out = io.StringIO()
+        inspect("lenet", stage=stage, out=out)
+        texts[stage] = out.getvalue()
+    assert "x0:f32[64,1,28,28]" in texts["graph"]
+    assert texts["graph"].count("conv(") == 2 and texts["graph"].count("maxpool(") == 2
+    assert texts["grad"].count("conv_filter_grad(") == 2          # both weights
+    assert texts["grad"].count("conv_transpose(") == 1            # not the image's gradient
+    assert texts["grad"].count("maxpool_grad(") == 2
 
 
 def test_bench_text_table_has_every_workload_and_numbers_that_parse(capsys):

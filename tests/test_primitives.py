@@ -11,7 +11,7 @@ from graphflux.compiler.autodiff import VJP_RULES
 from graphflux.compiler.matmul import MIN_SPLIT_FLOPS
 from graphflux.compiler.plan import VIEW_OPS
 from graphflux.runtime.numpy_impls import IMPLS
-from helpers import host_vector_bits, run_both, tolerance, trace_outputs
+from helpers import loop_vector_bits, run_both, tolerance, trace_outputs
 
 UNARY = ["neg", "exp", "log", "tanh", "sigmoid", "relu", "sqrt", "square", "abs", "identity",
          "xlogx", "softplus", "selu", "gelu", "swish", "hardsigmoid", "relu6", "softsign", "mish",
@@ -120,14 +120,10 @@ def packed_instructions(asm, suffix, register):
 
 def test_loops_vectorise(compiled):
     dtype, _, _, art = compiled
-    """Loops use the widest vectors -- or 256-bit ones on AVX-512 CPUs LLVM tunes for them
-    (icelake-server, sapphirerapids: "prefer-256-bit", against the clock drop of zmm code;
-    the GEMM's micro-kernel uses zmm explicitly)."""
-    widest = host_vector_bits()
     width = "float" if dtype == np.float32 else "double"
     suffix = "ps" if dtype == np.float32 else "pd"
     found = {}
-    for bits in ((512, 256) if widest == 512 else (widest,)):
+    for bits in loop_vector_bits():
         lanes = bits // (32 if dtype == np.float32 else 64)
         register = {512: "zmm", 256: "ymm", 128: "xmm"}[bits]
         if f"<{lanes} x {width}>" in art.llvm_ir_optimized:

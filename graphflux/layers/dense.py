@@ -1,5 +1,6 @@
-"""Layers: small classes a newcomer reads in one screen. A layer's arrays are its attributes;
-`gf.params` finds them there and tracing swaps tracers into those attributes."""
+"""Dense layers: Chain, Dense and Dropout -- small classes a newcomer reads in one screen.
+A layer's arrays are its attributes; `gf.params` finds them there and tracing swaps tracers
+into those attributes."""
 import warnings
 
 import numpy as np
@@ -8,26 +9,11 @@ from graphflux.compiler import ops
 from graphflux.compiler.ops import matmul
 from graphflux.compiler.tracer import Tracer
 
-from .activations import identity
-from .bindings import HoldsArrays
-from .errors import ArgumentError, ShapeError, UsageError
-from .modes import is_active, write_state
-
-_default_rng = np.random.default_rng()
-
-
-def as_rng(rng):
-    """Every `rng` argument accepts a numpy Generator, an int seed or None."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    return _default_rng if rng is None else np.random.default_rng(rng)
-
-
-def glorot_uniform(*dims, rng=None, dtype=np.float32):
-    """U(-sqrt(6/(fan_in+fan_out)), +...), Flux's default initialiser; dims are (out, in)."""
-    fan_out, fan_in = (dims[0], dims[1]) if len(dims) > 1 else (dims[0], 1)
-    scale = np.sqrt(24.0 / (fan_in + fan_out))
-    return ((as_rng(rng).random(dims) - 0.5) * scale).astype(dtype)
+from ..activations import identity
+from ..bindings import HoldsArrays
+from ..errors import ArgumentError, UsageError
+from ..modes import is_active, write_state
+from .init import as_rng, glorot_uniform
 
 
 class Chain(HoldsArrays):
@@ -101,70 +87,6 @@ class Dense(HoldsArrays):
         act = "" if self.σ is identity else f", {name}"
         shape = self.weight.shape if not isinstance(self.weight, Tracer) else self.weight.shape
         return f"Dense({shape[1]}, {shape[0]}{act})"
-
-
-class LayerNorm(HoldsArrays):
-    """(x - mean) / (std + eps) over the last axis (uncorrected std, eps added to it, as in
-    Flux), then a learned scale and shift."""
-
-    def __init__(self, n, σ=identity, *, eps=1e-5, affine=True):
-        self.scale = np.ones(n, dtype=np.float32) if affine else None
-        self.bias = np.zeros(n, dtype=np.float32) if affine else None
-        self.σ, self.eps = σ, eps
-
-    def __call__(self, x):
-        mu = ops.mean(x, -1, keepdims=True)
-        centred = ops.sub(x, mu)
-        std = ops.sqrt(ops.mean(ops.square(centred), -1, keepdims=True))
-        y = ops.div(centred, ops.add(std, self.eps))
-        if self.scale is not None:
-            y = ops.add(ops.mul(y, self.scale), self.bias)
-        return self.σ(y)
-
-    def __repr__(self):
-        return f"LayerNorm({self.scale.shape[0] if self.scale is not None else '?'})"
-
-
-class BatchNorm(HoldsArrays):
-    """Normalise each feature (last axis) over the batch; trainable `beta`, `gamma`; running
-    `mean`, `var` (not trainable) updated by training steps and used in test mode."""
-
-    def __init__(self, n, σ=identity, *, momentum=0.1, eps=1e-5, affine=True):
-        self.beta = np.zeros(n, dtype=np.float32) if affine else None
-        self.gamma = np.ones(n, dtype=np.float32) if affine else None
-        self.mean = np.zeros(n, dtype=np.float32)
-        self.var = np.ones(n, dtype=np.float32)
-        self.σ, self.momentum, self.eps = σ, momentum, eps
-        self.active = None
-
-    def trainable(self):
-        return {} if self.beta is None else {"beta": self.beta, "gamma": self.gamma}
-
-    def __call__(self, x):
-        axes = tuple(range(len(x.shape) - 1))
-        if is_active(self):
-            k = int(np.prod([x.shape[a] for a in axes]))
-            if k < 2:
-                raise ShapeError(f"BatchNorm({self.mean.shape[0]}) in training got a batch of "
-                                 f"shape {tuple(x.shape)}: one value per channel, whose variance "
-                                 "is undefined; train on batches of 2 or more, or use "
-                                 "gf.testmode(layer)")
-            mu = ops.mean(x, axes)
-            var = ops.mean(ops.square(ops.sub(x, mu)), axes)
-            m = self.momentum
-            write_state(self.mean, ops.add(ops.mul(self.mean, 1 - m),
-                                           ops.mul(ops.stop_gradient(mu), m)))
-            write_state(self.var, ops.add(ops.mul(self.var, 1 - m),
-                                          ops.mul(ops.stop_gradient(var), m * k / max(k - 1, 1))))
-        else:
-            mu, var = self.mean, self.var
-        y = ops.div(ops.sub(x, mu), ops.sqrt(ops.add(var, self.eps)))
-        if self.gamma is not None:
-            y = ops.add(ops.mul(y, self.gamma), self.beta)
-        return self.σ(y)
-
-    def __repr__(self):
-        return f"BatchNorm({self.mean.shape[0]})"
 
 
 class Dropout(HoldsArrays):
