@@ -287,7 +287,8 @@ def call_conv(body, kern, ty, vw):
     """The kernel's call in the step: its tasks, split across the pool when the pool says it
     pays, then (filter gradient) the chunks' sum."""
     task = body.function(kern, lambda module, k, name: emit_task(module, k, name, ty, vw))
-    kern.function = task.name
+    kern.function = task.name[:-len(".task")] + (".unpatch" if kern.mode == "transpose"
+                                                  else ".patches")   # its loops (and the GEMM's)
     n = body.extent(kern, kern.geometry.n, 0 in kern.batch)
     partials = body.base(kern.partials) if kern.partials is not None else \
         ir.Constant(PTR, None)

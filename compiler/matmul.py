@@ -312,7 +312,7 @@ def _define_gemm(module, name, ty, vw):
     kc_max = smin(b, K, KC)
     nc_max = smin(b, b.mul(b.sdiv(b.add(N, i64(nr - 1)), i64(nr)), i64(nr)), nc_cap_arg)
     mc_max = smin(b, b.mul(b.sdiv(b.add(M, i64(MR - 1)), i64(MR)), i64(MR)), mc_cap)
-    m_last, n_last = b.sub(M, i64(1)), b.sub(N, i64(1))
+    m_last = b.sub(M, i64(1))
 
     def jc_body(jc):
         nc = smin(b, nc_max, b.sub(N, jc))
@@ -327,13 +327,21 @@ def _define_gemm(module, name, ty, vw):
                 def pack_b_k(k, checked):
                     src_row = b.mul(b.add(pc, k), sbk)
                     base = b.mul(b.add(b.mul(q, kc), k), i64(nr))
+                    if checked:     # the last panel: its columns in a loop, then zeros
+                        valid = b.sub(N, col0)
+
+                        def copy(cc):
+                            v = b.load(gep(b, B, b.add(src_row, b.mul(b.add(col0, cc), sbn)),
+                                           ty), typ=ty)
+                            b.store(v, gep(b, PB, b.add(base, cc), ty))
+                        for_range(b, 0, valid, copy, name="pbc")
+                        for_range(b, valid, nr, lambda cc: b.store(
+                            zero, gep(b, PB, b.add(base, cc), ty)), name="pbz")
+                        return
                     for cc in range(nr):
                         col = b.add(col0, i64(cc))
-                        ok = b.icmp_signed("<", col, N) if checked else None
-                        colc = b.select(ok, col, n_last) if checked else col
-                        v = b.load(gep(b, B, b.add(src_row, b.mul(colc, sbn)), ty), typ=ty)
-                        b.store(b.select(ok, v, zero) if checked else v,
-                                gep(b, PB, b.add(base, i64(cc)), ty))
+                        v = b.load(gep(b, B, b.add(src_row, b.mul(col, sbn)), ty), typ=ty)
+                        b.store(v, gep(b, PB, b.add(base, i64(cc)), ty))
 
                 def pack_b_rows(k):
                     src = gep(b, B, b.add(b.mul(b.add(pc, k), sbk), col0), ty)
