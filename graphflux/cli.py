@@ -94,6 +94,7 @@ def demo(epochs=30, batchsize=32, out=sys.stdout, plot=None):
     return accuracy
 
 
+DEMO_EPOCHS = 30
 STAGES = ("graph", "grad", "optimized", "kernels", "llvm", "llvm-opt", "asm", "stats")
 
 
@@ -140,8 +141,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="graphflux", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train on the bundled digits, compiled, and time it")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
     p.add_argument("--plot", metavar="FILE", help="write the loss and accuracy curves (PNG)")
+    p.add_argument("--cnn", action="store_true",
+                   help="a small CNN on the digits as (N, 1, 8, 8) images instead of the MLP")
     p = sub.add_parser("inspect", help="print a stage of a compiled step",
                        description="Print a stage of the compiled training step of a built-in "
                        "workload (seed-mlp, mlp-wide, tiny) or of a script that defines "
@@ -160,7 +163,10 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.command == "demo":
+    if args.command == "demo" and args.cnn:
+        from .cnn_demo import main as cnn_demo
+        cnn_demo(args.epochs if args.epochs != DEMO_EPOCHS else 15)
+    elif args.command == "demo":
         demo(args.epochs, plot=args.plot)
     elif args.command == "inspect":
         inspect(args.workload, args.script, args.stage, args.dot)

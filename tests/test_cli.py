@@ -196,6 +196,16 @@ def test_inspect_script_missing_names_is_a_clear_error(tmp_path):
     assert out.returncode != 0 and "must define loss, ps, batch" in out.stderr
 
 
+def test_cnn_demo_reaches_97_percent_from_the_command_line():
+    """`graphflux demo --cnn`, as a user runs it: the digits as (N, 1, 8, 8) images."""
+    out = subprocess.run([sys.executable, "-m", "graphflux.cli", "demo", "--cnn"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    accuracy = float(re.search(r"final test accuracy (\d\.\d+)", out.stdout).group(1))
+    assert accuracy >= 0.97, out.stdout
+    assert re.search(r"compiled \d+ us, eager \d+ us", out.stdout)
+
+
 def test_demo_plot_writes_a_png(tmp_path):
     path = tmp_path / "curves.png"
     demo(epochs=3, out=io.StringIO(), plot=str(path))
