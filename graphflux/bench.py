@@ -43,7 +43,7 @@ def workloads():
         "tiny": dict(sizes=(64, 32, 10), acts=(gf.tanh, gf.identity), softmax=False,
                      loss="logitcrossentropy", opt=lambda: gf.Adam(1e-3), batch=32),
         "lenet": dict(model=lenet, input=(1, 28, 28), softmax=False, loss="logitcrossentropy",
-                      opt=lambda: gf.Adam(1e-3), batch=64),
+                      opt=lambda: gf.Adam(1e-3), batch=64, loss_rtol=1e-3),
     }
 
 
@@ -153,7 +153,10 @@ def measure(name, spec, steps=200, check_steps=20, peak=None):
     result["gflops"] = result["flops"] / result["compiled_median_us"] / 1e3
     if peak:
         result["percent_of_sgemm"] = 100.0 * result["gflops"] / peak
-    result.update(loss_check(losses["compiled"], losses["eager"]))
+    # LeNet's float32 losses drift apart by up to 4e-4 in 20 Adam steps (Adam's 1 / sqrt(v)
+    # magnifies rounding differences of near-zero gradients; in float64 the two modes agree
+    # to 2e-16 over the same steps), hence its wider tolerance
+    result.update(loss_check(losses["compiled"], losses["eager"], spec.get("loss_rtol", 1e-4)))
     for label, builder in (("pytorch", torch_step), ("jax", jax_step)):
         model, _, _, _, x, y = build(spec)
         other = builder(spec, model)
