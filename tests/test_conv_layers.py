@@ -146,3 +146,26 @@ def test_an_int_kernel_is_one_spatial_axis_and_a_bad_one_is_refused():
         gf.Conv((0, 3), 2, 4)
     with pytest.raises(gf.GraphfluxError, match="groups"):
         gf.Conv((3, 3), 3, 4, groups=2)
+
+
+def test_shorter_batches_through_a_compiled_cnn():
+    """A CNN's step and jitted forward compiled at batch 6 serve batches of 4 and 1 (the
+    convolution and pooling kernels run to the run-time batch length) with eager's numbers."""
+    rng = np.random.default_rng(8)
+    m = _cnn(9)
+    predict = gf.jit(m)
+    x = rng.normal(size=(6, 1, 6, 4))
+    np.testing.assert_allclose(predict(x), m(x), rtol=1e-11, atol=1e-12)
+    for n in (4, 1):
+        np.testing.assert_allclose(predict(x[:n]), m(x[:n]), rtol=1e-11, atol=1e-12)
+    y = gf.onehotbatch(rng.integers(0, 3, 6), range(3)).astype(np.float64)
+    ps = gf.params(m)
+    step = gf.compile(lambda a, b: gf.losses.logitcrossentropy(m(a), b), ps, None)
+    step(x, y)
+    for n in (4, 1):
+        loss, grads = step(x[:n], y[:n])
+        want, expected = gf.withgradient(lambda: gf.losses.logitcrossentropy(m(x[:n]), y[:n]),
+                                         ps, mode="eager")
+        assert np.isclose(loss, want, rtol=1e-11)
+        for p in ps:
+            np.testing.assert_allclose(grads[p], expected[p], rtol=1e-9, atol=1e-12)
