@@ -18,8 +18,8 @@ import numpy as np
 from llvmlite import ir
 
 from . import thread_pool
-from .loops import I64, for_range, gep, i64, smin
-from .matmul import NC, declare_serial_gemm, pack_elements
+from .loops import I64, for_range, gep, i64, internal_function, share, smin
+from .matmul import EPILOGUE_TYPE, NC, declare_serial_gemm, pack_elements
 
 PATCH_BYTES = 96 * 1024
 """A task's block of patches (well inside a 512 KiB L2 beside the GEMM's packed panels)."""
@@ -62,16 +62,6 @@ def conv_buffers(g, mode, dtype, vw, threads):
     total = task_regions(g, mode, dtype, vw)[3]
     partials = FILTER_CHUNKS * g.o * g.patch_rows() * dtype.itemsize if mode == "filter" else 0
     return tasks * total * dtype.itemsize, partials, tasks
-
-
-def _internal(module, name, args, noalias=0):
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")
-    for a in fn.args[:noalias]:
-        a.add_attribute("noalias")
-    return fn
 
 
 def _floor_div(b, a, s):
@@ -129,7 +119,7 @@ def _walk_patches(b, g, l0, l1, ty, row_body):
 def emit_patches(module, g, ty, name):
     """void name(ptr x_group, ptr patches, i64 l0, i64 l1): the patch block of lines [l0, l1),
     row-major (rows x (l1 - l0) * ow), zeros where the window reads padding."""
-    fn = _internal(module, name, [PTR, PTR, I64, I64], noalias=2)
+    fn = internal_function(module, name, [PTR, PTR, I64, I64], noalias=2)
     x, dst, l0, l1 = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ow, s2 = g.out[2], g.stride[2]
@@ -156,7 +146,7 @@ def emit_patches(module, g, ty, name):
 def emit_unpatches(module, g, ty, name):
     """void name(ptr patches, ptr dx_group, i64 l0, i64 l1): add each patch element back into
     the input element it was read from (the adjoint of emit_patches), in a fixed order."""
-    fn = _internal(module, name, [PTR, PTR, I64, I64], noalias=2)
+    fn = internal_function(module, name, [PTR, PTR, I64, I64], noalias=2)
     src, dx, l0, l1 = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     ow, s2 = g.out[2], g.stride[2]
@@ -191,7 +181,7 @@ def emit_task(module, kern, name, ty, vw):
     patches_fn = emit_patches(module, g, ty, name + ".patches") if mode != "transpose" else None
     unpatch_fn = emit_unpatches(module, g, ty, name + ".unpatch") if mode == "transpose" \
         else None
-    task = _internal(module, name + ".task", [PTR, I64])
+    task = internal_function(module, name + ".task", [PTR, I64])
     words, t = task.args
     b = ir.IRBuilder(task.append_basic_block("entry"))
     first, second, out, work, partials = (
@@ -205,15 +195,13 @@ def emit_task(module, kern, name, ty, vw):
     positions = g.out[0] * g.out[1] * g.out[2]
     lines, ow = g.out[0] * g.out[1], g.out[2]
     step = block_lines(g, dtype.itemsize)
-    null = ir.Constant(PTR, None)
+    no_epilogue = [ir.Constant(ir.PointerType(EPILOGUE_TYPE), None), ir.Constant(PTR, None),
+                   i64(0), i64(0)]
 
     def product(a, bm, c, m, nn, k, strides, ldc, accumulate):
-        b.call(gemm, [a, bm, c, pack_a, pack_b, i64(m) if isinstance(m, int) else m,
-                      i64(nn) if isinstance(nn, int) else nn, i64(k) if isinstance(k, int) else k]
-               + [i64(v) if isinstance(v, int) else v for v in strides]
-               + [i64(ldc) if isinstance(ldc, int) else ldc, i64(NC[is_f32]),
-                  ir.Constant(ir.PointerType(ir.FunctionType(ir.VoidType(), [PTR] + [I64] * 4)),
-                              None), null, i64(0), i64(0), i64(accumulate)])
+        """C (ldc apart) = or += A @ B, A m x k and B k x n at `strides` (sam, sak, sbk, sbn)."""
+        b.call(gemm, [a, bm, c, pack_a, pack_b] + [i64(v) for v in (m, nn, k, *strides, ldc)]
+               + [i64(NC[is_f32])] + no_epilogue + [i64(accumulate)])
 
     def sample(s, part=None):
         x_s = gep(b, first, b.mul(s, i64(g.c * plane_in)), ty)
@@ -250,17 +238,13 @@ def emit_task(module, kern, name, ty, vw):
         def chunk(j):
             part = gep(b, partials, b.mul(j, i64(g.o * rows)), ty)
             _zero(b, part, g.o * rows, ty)
-            per = b.sdiv(b.add(n, i64(FILTER_CHUNKS - 1)), i64(FILTER_CHUNKS))
-            lo = smin(b, b.mul(j, per), n)
-            for_range(b, lo, smin(b, b.add(lo, per), n), lambda s: sample(s, part), name="s")
+            for_range(b, *share(b, j, FILTER_CHUNKS, n), lambda s: sample(s, part), name="s")
         tasks = kern.tasks
         j0 = b.sdiv(b.mul(t, i64(FILTER_CHUNKS)), i64(tasks))
         j1 = b.sdiv(b.mul(b.add(t, i64(1)), i64(FILTER_CHUNKS)), i64(tasks))
         for_range(b, j0, j1, chunk, name="chunk")
     else:
-        per = b.sdiv(b.add(n, i64(kern.tasks - 1)), i64(kern.tasks))
-        lo = smin(b, b.mul(t, per), n)
-        for_range(b, lo, smin(b, b.add(lo, per), n), sample, name="s")
+        for_range(b, *share(b, t, kern.tasks, n), sample, name="s")
     b.ret_void()
     return task
 
@@ -268,7 +252,7 @@ def emit_task(module, kern, name, ty, vw):
 def emit_combine(module, kern, name, ty):
     """void name.combine(ptr partials, ptr dw): dw = the chunks' partial results added in
     chunk order."""
-    fn = _internal(module, name + ".combine", [PTR, PTR], noalias=2)
+    fn = internal_function(module, name + ".combine", [PTR, PTR], noalias=2)
     partials, dw = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     size = kern.geometry.o * kern.geometry.patch_rows()

@@ -34,3 +34,23 @@ def smin(b, x, y):
 
 def gep(b, ptr, index, ty):
     return b.gep(ptr, [i64(index)], inbounds=True, source_etype=ty)
+
+
+def internal_function(module, name, args, noalias=0):
+    """`void name(args...)`, internal, nounwind and noinline (kernels stay separate functions
+    LLVM optimises once each); its first `noalias` arguments are noalias pointers."""
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), args), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    for a in fn.args[:noalias]:
+        a.add_attribute("noalias")
+    return fn
+
+
+def share(b, index, shares, n):
+    """(lo, hi): share `index` of [0, n) cut into `shares` (a constant) equal shares, the last
+    ones shorter or empty."""
+    per = b.sdiv(b.add(n, i64(shares - 1)), i64(shares))
+    lo = smin(b, b.mul(index, per), n)
+    return lo, smin(b, b.add(lo, per), n)

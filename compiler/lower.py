@@ -21,7 +21,7 @@ from . import thread_pool
 from . import transcendental as tr
 from .batch_axis import BATCH_LENGTH
 from .convolution import call_conv, conv_buffers
-from .loops import I64, for_range, gep, i64, smin
+from .loops import I64, for_range, gep, i64, internal_function, smin
 from .pooling import call_pool
 from .matmul import EPILOGUE_TYPE, SCRATCH_BYTES, declare_gemm, pack_elements
 from .ops import RANDOM_MIX
@@ -115,15 +115,8 @@ def _kernel_function(module, name, n_buffers, ranged=False, batched=False, chunk
     kernel runs rows [lo, hi) of its first loop, so the thread pool can split it; with
     `chunked` then `i64 chunk, ptr partials`: its reductions over that loop go to that
     chunk's partial results; with `batched` a last `i64 n`, the run-time batch length."""
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * n_buffers
-                                             + [I64] * (2 * ranged) + [I64, PTR] * chunked
-                                             + [I64] * batched), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")
-    for a in fn.args[:n_buffers]:
-        a.add_attribute("noalias")
-    return fn
+    return internal_function(module, name, [PTR] * n_buffers + [I64] * (2 * ranged)
+                             + [I64, PTR] * chunked + [I64] * batched, noalias=n_buffers)
 
 
 MIN_SPLIT_ELEMENTS = 1 << 15
@@ -257,11 +250,8 @@ def emit_combine(module, kern, name):
     chunk order."""
     ty = llvm_type(kern.dtype)
     buffers = kern.buffers()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * (len(buffers) + 1)
-                                             + [I64] * bool(kern.batch)), name=name + ".combine")
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")
+    fn = internal_function(module, name + ".combine",
+                           [PTR] * (len(buffers) + 1) + [I64] * bool(kern.batch))
     arg = {id(buf): a for buf, a in zip(buffers, fn.args)}
     partials = fn.args[len(buffers)]
     b = ir.IRBuilder(fn.append_basic_block("entry"))

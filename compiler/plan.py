@@ -260,8 +260,7 @@ class Planner:
         attrs = node.attrs
         geometry = Window(x.shape[0], x.shape[1], w.shape[0], attrs["groups"], _three(x.shape[2:]),
                           _three(y.shape[2:]), _three(w.shape[2:]), _three(attrs["stride"]),
-                          _three(attrs["dilation"]), _three([lo for lo, _ in attrs["pad"]], 0),
-                          attrs["flipped"])
+                          _three(attrs["dilation"]), _low(attrs), attrs["flipped"])
         mode = {"conv": "forward", "conv_transpose": "transpose",
                 "conv_filter_grad": "filter"}[node.op]
         first, second = self._dense(a), self._dense(b)
@@ -280,7 +279,7 @@ class Planner:
         attrs = node.attrs
         geometry = Window(x.shape[0], x.shape[1], x.shape[1], 1, _three(x.shape[2:]),
                           _three(y.shape[2:]), _three(attrs["window"]), _three(attrs["stride"]),
-                          (1, 1, 1), _three([lo for lo, _ in attrs["pad"]], 0))
+                          (1, 1, 1), _low(attrs))
         mode = {"maxpool": "max", "meanpool": "mean", "maxpool_grad": "max_grad",
                 "meanpool_grad": "mean_grad"}[node.op]
         inputs = [self._dense(i) for i in node.inputs]
@@ -334,6 +333,11 @@ def _three(values, fill=1):
     """Per-axis values of a window over one to three spatial axes, as three (padded in front)."""
     values = tuple(int(v) for v in values)
     return (fill,) * (3 - len(values)) + values
+
+
+def _low(attrs):
+    """A window's low padding per axis, as three."""
+    return _three([lo for lo, _ in attrs["pad"]], 0)
 
 
 def _check_dtype(dtype, where):

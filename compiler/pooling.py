@@ -16,7 +16,7 @@ from llvmlite import ir
 
 from . import thread_pool
 from . import transcendental as tr
-from .loops import I64, for_range, gep, i64, smin
+from .loops import I64, for_range, gep, i64, internal_function, share
 
 POOL_TASKS = 8
 UNROLL = 16
@@ -49,12 +49,7 @@ def _emit_plane(module, kern, name, ty):
     """void name.plane(ptr x, ptr dy, ptr out): one plane, its pointers noalias so that the
     stores into `out` do not make LLVM reload the inputs."""
     g, mode = kern.geometry, kern.mode
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR] * 3), name=name + ".plane")
-    fn.linkage = "internal"
-    fn.attributes.add("nounwind")
-    fn.attributes.add("noinline")
-    for a in fn.args:
-        a.add_attribute("noalias")
+    fn = internal_function(module, name + ".plane", [PTR] * 3, noalias=3)
     x_p, dy_p, out_p = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     acc = b.alloca(ty, name="acc")
@@ -162,9 +157,7 @@ def emit_task(module, kern, name, ty):
     inputs (x or dy; for max_grad x then dy), the output and the number of planes."""
     g, mode = kern.geometry, kern.mode
     plane_fn = _emit_plane(module, kern, name, ty)
-    task = ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR, I64]), name=name + ".task")
-    task.linkage = "internal"
-    task.attributes.add("nounwind")
+    task = internal_function(module, name + ".task", [PTR, I64])
     words, t = task.args
     b = ir.IRBuilder(task.append_basic_block("entry"))
     first, second, out = (b.inttoptr(b.load(gep(b, words, k, I64), typ=I64), PTR)
@@ -178,9 +171,7 @@ def emit_task(module, kern, name, ty):
         dy_p = gep(b, second if mode == "max_grad" else first, b.mul(p, i64(plane_out)), ty)
         out_p = gep(b, out, b.mul(p, i64(plane_in if grad else plane_out)), ty)
         b.call(plane_fn, [x_p, dy_p, out_p])
-    per = b.sdiv(b.add(planes, i64(POOL_TASKS - 1)), i64(POOL_TASKS))
-    lo = smin(b, b.mul(t, per), planes)
-    for_range(b, lo, smin(b, b.add(lo, per), planes), plane, name="plane")
+    for_range(b, *share(b, t, POOL_TASKS, planes), plane, name="plane")
     b.ret_void()
     return task
 

@@ -3,14 +3,15 @@ on plain arrays (numpy) and on traced values alike. Attributes are normalised he
 the tuples compiler.window_geometry describes."""
 import numpy as np
 
+from .errors import ShapeError
 from .ops import _traced, bind, cast
+from .source import user_source_line
 from .window_geometry import SHAPE_RULES, pad_pairs, spatial_tuple, transpose_size
 
 
 def _bind(op, args, attrs):
     """bind, with the shape rule checked on plain arrays too (numpy would fail obscurely)."""
     if not _traced(*args):
-        from .source import user_source_line
         SHAPE_RULES[op](args, attrs, user_source_line())
     return bind(op, args, attrs)
 
@@ -18,8 +19,6 @@ def _bind(op, args, attrs):
 def _spatial(x, what):
     n = len(x.shape) - 2
     if n not in (1, 2, 3):
-        from .errors import ShapeError
-        from .source import user_source_line
         raise ShapeError(f"{what} takes (N, C, L), (N, C, H, W) or (N, C, D, H, W) arrays, got "
                          f"shape {tuple(x.shape)}, at {user_source_line()}")
     return n

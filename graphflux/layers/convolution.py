@@ -39,7 +39,7 @@ class _Convolution(HoldsArrays):
                 raise UsageError(f"{name}: {what} = {n!r} must be a positive multiple of "
                                  f"groups = {groups}")
         self.weight = init(*self.weight_shape(_window(k), cin, cout, groups))
-        self.bias = np.zeros(self.channels_out(cin, cout), dtype=self.weight.dtype) \
+        self.bias = np.zeros(cout, dtype=self.weight.dtype) \
             if bias is True else (bias if isinstance(bias, np.ndarray) else None)
         self.σ, self.stride, self.pad, self.dilation, self.groups = σ, stride, pad, dilation, \
             groups
@@ -68,10 +68,6 @@ class Conv(_Convolution):
     def weight_shape(k, cin, cout, groups):
         return (cout, cin // groups) + k
 
-    @staticmethod
-    def channels_out(cin, cout):
-        return cout
-
     def channels(self, w):
         return w[1] * self.groups, w[0]
 
@@ -91,10 +87,6 @@ class ConvTranspose(_Convolution):
     @staticmethod
     def weight_shape(k, cin, cout, groups):
         return (cin, cout // groups) + k
-
-    @staticmethod
-    def channels_out(cin, cout):
-        return cout
 
     def channels(self, w):
         return w[0], w[1] * self.groups
