@@ -2,7 +2,7 @@
 traced, differentiated symbolically, optimised and lowered through LLVM to one native function
 per training step."""
 from . import compiler, runtime  # noqa: F401  (the runtime registers the numpy op table)
-from . import datasets, losses, optimise  # noqa: F401
+from . import datasets, distributed, losses, optimise  # noqa: F401
 from .activations import (celu, elementwise, elu, gelu, hardsigmoid, hardswish,  # noqa: F401
                           hardtanh, hardσ, identity, leakyrelu, lisht, logcosh, logsigmoid,
                           logsoftmax, logσ, mish, relu, relu6, selu, sigmoid, sigmoid_fast,

@@ -67,23 +67,24 @@ def cached_artifact(graph, extra, build, seconds, dtype, batch=None):
     return art, how
 
 
-def artifact_for(traced, ps, opt=None, other=None):
-    """The artifact of a training step (opt given) or of loss and gradients (opt None). With
-    `other` = (the loss traced at another batch length, that length, this batch's length),
-    one that serves every batch length up to this one, or NotSymbolic."""
+def artifact_for(traced, ps, opt=None, other=None, weighted=False):
+    """The artifact of a training step (opt given) or of loss and gradients (opt None;
+    `weighted`: of the loss times the batch length, tracing.step_graph). With `other` = (the
+    loss traced at another batch length, that length, this batch's length), one that serves
+    every batch length up to this one, or NotSymbolic."""
     fresh, general = [], {}
 
     def build():
         fresh.append(True)
-        graph = step_graph(traced, ps, opt, warn=len(fresh) == 1)
+        graph = step_graph(traced, ps, opt, warn=len(fresh) == 1, weighted=weighted)
         if other is None:
             return graph
         traced_b, n_b, n = other
-        graph, general["b"] = generalise(graph, step_graph(traced_b, ps, opt, warn=False), n,
-                                         n_b)
+        graph, general["b"] = generalise(
+            graph, step_graph(traced_b, ps, opt, warn=False, weighted=weighted), n, n_b)
         return graph
     batch = None
-    extra = optimiser_description(opt)
+    extra = optimiser_description(opt) + (" weighted" if weighted else "")
     if other is not None:
         extra += f" batch<={other[2]}"
         batch = lambda: (general["b"], other[1], other[2])  # noqa: E731
@@ -160,7 +161,7 @@ class _Entry:
         self.slots = SlotWatch(ps)
         self.outputs = {}
         for name, _, shape, dtype in ex.outputs:
-            self.outputs[name] = np.empty(shape, dtype)
+            self.outputs[name] = step.output_array(name, shape, dtype)
             ex.bind_output(name, self.outputs[name])
         self.loss = self.outputs.get("loss")
         self.prepares = opt is not None and type(opt).prepare is not Rule.prepare
@@ -218,6 +219,9 @@ class CompiledStep:
     returning the loss; without, returns (loss, Grads). Calls take turns (the native call
     shares this step's pointer table, arena and outputs); other steps run concurrently."""
 
+    weighted = False
+    """Differentiate the loss times the batch length (a data-parallel rank's gradients)."""
+
     def __init__(self, loss, ps, opt=None):
         self.loss, self.ps, self.opt = loss, as_params(ps), opt
         self.dtype = check_params(self.ps)
@@ -229,6 +233,10 @@ class CompiledStep:
         self._why = None        # why the entries were dropped, for the next compile's log line
         self._lengths = BatchLengths()
         self._lock = threading.Lock()
+
+    def output_array(self, name, shape, dtype):
+        """The array the native step writes output `name` into, bound once per entry."""
+        return np.empty(shape, dtype)
 
     def lower(self, *batch):
         """Compile (or fetch) the artifact for this batch's signature and install it; the step
@@ -275,10 +283,10 @@ class CompiledStep:
         other = self._lengths.other_length(
             batch, lambda longer: trace_loss(self.loss, self.ps, longer))
         try:
-            art, how = artifact_for(traced, self.ps, self.opt, other)
+            art, how = artifact_for(traced, self.ps, self.opt, other, self.weighted)
         except NotSymbolic as e:
             self._lengths.per_length[general_signature(batch)] = str(e)
-            art, how = artifact_for(traced, self.ps, self.opt)
+            art, how = artifact_for(traced, self.ps, self.opt, weighted=self.weighted)
         entry = _Entry(self, traced, art)
         self._entries[sig] = entry
         lengths = self._lengths.compiled(batch, entry)
@@ -333,26 +341,7 @@ class CompiledStep:
         for buf, arr in entry.copies:
             np.copyto(buf, arr)
         opt = self.opt
-        values = []
-        if opt is not None:
-            opt.check_hyperparameters()
-            records = entry.records
-            if entry.prepares:
-                opt.prepare(records)
-            # one host state shared by every parameter (the usual case): one scalars dict
-            shared = entry.same_names and all(r.host is records[0].host for r in records)
-            if shared:
-                host = records[0].host
-                values = list(opt.scalars(host).values()) * len(records)
-            else:
-                cache = {}
-                for rec, (_, names) in zip(records, entry.scalar_plan):
-                    vals = cache.get(rec.host)
-                    if vals is None:
-                        d = opt.scalars(rec.host)
-                        vals = cache[rec.host] = [d[n] for n in names]
-                    values += vals
-            entry.scalars[:len(values)] = values
+        values, shared = optimiser_scalars(opt, entry) if opt is not None else ([], False)
         if entry.capacity:
             n = batch[entry.batch_arg].shape[0]
             if n != entry.length:           # written once per length, not per step
@@ -365,17 +354,7 @@ class CompiledStep:
             raise self._nonfinite(entry, batch, values, status, loss)
         if opt is None:
             return loss, self._grads(entry)
-        if shared:
-            host = opt.advance(host)
-            for rec in records:
-                rec.host = host
-            return loss
-        advanced = {}
-        for rec in records:
-            new = advanced.get(rec.host)
-            if new is None:
-                new = advanced[rec.host] = opt.advance(rec.host)
-            rec.host = new
+        advance_hosts(opt, entry, shared)
         return loss
 
     def _nonfinite(self, entry, batch, scalars, status, loss):
@@ -405,6 +384,45 @@ class CompiledStep:
         return Grads(self.ps, values)
 
 
+def optimiser_scalars(opt, entry):
+    """Write the optimiser's host scalars for this step into the entry's scalars vector (the
+    first of its scalars); returns (the values, whether every parameter shares one host
+    state -- the usual case, where one scalars dict serves them all)."""
+    opt.check_hyperparameters()
+    records = entry.records
+    if entry.prepares:
+        opt.prepare(records)
+    shared = entry.same_names and all(r.host is records[0].host for r in records)
+    if shared:
+        values = list(opt.scalars(records[0].host).values()) * len(records)
+    else:
+        values, cache = [], {}
+        for rec, (_, names) in zip(records, entry.scalar_plan):
+            vals = cache.get(rec.host)
+            if vals is None:
+                d = opt.scalars(rec.host)
+                vals = cache[rec.host] = [d[n] for n in names]
+            values += vals
+    entry.scalars[:len(values)] = values
+    return values, shared
+
+
+def advance_hosts(opt, entry, shared):
+    """Move every parameter's host state on by one step, once per distinct state."""
+    records = entry.records
+    if shared:
+        host = opt.advance(records[0].host)
+        for rec in records:
+            rec.host = host
+        return
+    advanced = {}
+    for rec in records:
+        new = advanced.get(rec.host)
+        if new is None:
+            new = advanced[rec.host] = opt.advance(rec.host)
+        rec.host = new
+
+
 def check_optimiser(opt, allow=()):
     """An optimiser instance (or None); a class given without calling it is the usual slip."""
     if opt is None or isinstance(opt, (Rule,) + tuple(allow)):
@@ -420,8 +438,16 @@ def check_mode(mode):
         raise UsageError(f"mode must be 'compiled' or 'eager', got {mode!r}")
 
 
-def compile(loss, ps, opt=None, *, mode="compiled"):  # noqa: A001 -- the API's name
-    """A step function for `loss(*batch)` over params `ps`; traced on first call (or `lower`)."""
+def compile(loss, ps, opt=None, *, mode="compiled", comm=None):  # noqa: A001 -- the API's name
+    """A step function for `loss(*batch)` over params `ps`; traced on first call (or `lower`).
+    With `comm` (gf.distributed), a data-parallel step: every rank calls it on its own batch
+    and gets the mean loss over all of them."""
     check_optimiser(opt)
     check_mode(mode)
+    if comm is not None:
+        if mode == "eager":
+            raise UsageError("data-parallel training (comm=...) runs compiled steps only: "
+                             "leave mode at 'compiled'")
+        from .distributed.step import DistributedStep
+        return DistributedStep(loss, ps, opt, comm)
     return EagerStep(loss, ps, opt) if mode == "eager" else CompiledStep(loss, ps, opt)

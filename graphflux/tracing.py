@@ -127,14 +127,19 @@ def trace_loss(loss, ps, batch):
     return TracedLoss(ctx, graph, loss_node, pnodes, {"trace": time.perf_counter() - t0})
 
 
-def step_graph(traced, ps, opt=None, warn=True):
+def step_graph(traced, ps, opt=None, warn=True, weighted=False):
     """Differentiate a traced loss and, with an optimiser, trace its update on top.
     Returns the step Graph: outputs `loss` (and `grad:<param>` without an optimiser), updates
-    of parameters and optimiser state, and a finiteness check of every gradient."""
+    of parameters and optimiser state, and a finiteness check of every gradient. `weighted`
+    differentiates the loss times the batch length (batch_weight) instead: a data-parallel
+    rank's share of a gradient summed over ranks (graphflux.distributed)."""
     t0 = time.perf_counter()
     ctx, loss_node = traced.ctx, traced.loss_node
     with ctx:
-        grads = differentiate(loss_node, traced.pnodes, ctx)
+        seed = loss_node
+        if weighted:
+            seed = ops.mul(ctx.wrap(loss_node), float(batch_weight(traced.graph))).node
+        grads = differentiate(seed, traced.pnodes, ctx)
     glist = [grads[n.id] for n in traced.pnodes]
     if opt is not None and len(ps) and all(g is None for g in glist):
         raise TraceError(no_parameter_message(ps))
@@ -151,6 +156,15 @@ def step_graph(traced, ps, opt=None, warn=True):
     traced.seconds["ad"] = time.perf_counter() - t0
     checks = [(i, g) for i, g in enumerate(glist) if g is not None]
     return Graph(list(ctx.inputs), outputs, updates, name="step", checks=checks)
+
+
+def batch_weight(graph):
+    """A batch's weight in a data-parallel sum: the length of axis 0 of the first data
+    argument that is an array (1 when none is). A batch-symbolic step (compiler.batch_axis)
+    sees it as the batch length, like the 1/n of a mean."""
+    shapes = sorted((n.attrs["ref"][1], n.shape) for n in graph.inputs
+                    if n.attrs.get("role") == "data" and n.shape)
+    return shapes[0][1][0] if shapes else 1
 
 
 def no_parameter_message(ps):

@@ -17,7 +17,7 @@ from .compiled import CompiledStep, check_mode, check_optimiser
 from .eager_step import EagerStep
 import numpy as np
 
-from .errors import ArgumentError, NonFiniteLoss
+from .errors import ArgumentError, NonFiniteLoss, UsageError
 from .params import Params, as_params, params
 from .tracing import check_params
 
@@ -103,21 +103,21 @@ def _filled(cell):
     return True
 
 
-def _step_for(loss, ps, opt, mode, model=None):
-    """Reuse one step object per (loss, params, optimiser, mode), so calling train once per
-    epoch traces once and the last partial batch compiles once. The optimiser keeps the
-    STEPS_PER_OPTIMISER most recently used steps. With `model` (explicit style) the loss is
-    called as loss(model, *batch)."""
+def _step_for(loss, ps, opt, mode, model=None, comm=None):
+    """Reuse one step object per (loss, params, optimiser, mode, communicator), so calling
+    train once per epoch traces once and the last partial batch compiles once. The optimiser
+    keeps the STEPS_PER_OPTIMISER most recently used steps. With `model` (explicit style) the
+    loss is called as loss(model, *batch)."""
     cache = _STEPS.get(opt)
     if cache is None:
         cache = _STEPS[opt] = OrderedDict()
-    key = (_loss_key(loss), tuple(map(id, ps)), mode, id(model))
+    key = (_loss_key(loss), tuple(map(id, ps)), mode, id(model), id(comm))
     entry = cache.get(key)
     if entry is None:
         call = loss if model is None else functools.partial(loss, model)
-        step = EagerStep(call, ps, opt) if mode == "eager" else CompiledStep(call, ps, opt)
+        step = _new_step(call, ps, opt, mode, comm)
         # the key holds ids: the entry keeps those objects alive, so no id is reused
-        entry = cache[key] = (loss, model, tuple(ps), step)
+        entry = cache[key] = (loss, model, tuple(ps), comm, step)
         while len(cache) > STEPS_PER_OPTIMISER:
             cache.popitem(last=False)
     cache.move_to_end(key)
@@ -203,23 +203,38 @@ class _Progress:
         self.stream.flush()
 
 
-def train(loss, ps, data, opt, *, cb=None, mode="compiled", progress=None):
-    """For each item d of data: loss(*d) (or loss(d)), gradient, update, callbacks."""
+def _new_step(loss, ps, opt, mode, comm):
+    if comm is None:
+        return EagerStep(loss, ps, opt) if mode == "eager" else CompiledStep(loss, ps, opt)
+    if mode == "eager":
+        raise UsageError("data-parallel training (comm=...) runs compiled steps only: leave "
+                         "mode at 'compiled'")
+    from .distributed.step import DistributedStep
+    return DistributedStep(loss, ps, opt, comm)
+
+
+def train(loss, ps, data, opt, *, cb=None, mode="compiled", progress=None, comm=None):
+    """For each item d of data: loss(*d) (or loss(d)), gradient, update, callbacks. With
+    `comm` (gf.distributed), every rank trains on its own data and gradients are summed
+    across ranks (graphflux.distributed)."""
     check_mode(mode)
     callbacks = _callbacks(cb)
     check_optimiser(opt, allow=(OptState,))
     if _is_model(ps):          # explicit style: train(loss, model, data, setup(rule, model))
         state = opt if isinstance(opt, OptState) else setup(opt, ps)
-        step = _step_for(loss, state.ps, state.rule, mode, model=ps)
+        step = _step_for(loss, state.ps, state.rule, mode, model=ps, comm=comm)
     else:
         if isinstance(opt, OptState):
             raise TypeError("gf.train(loss, ps, data, opt): an optimiser state from gf.setup "
                             "goes with a model, gf.train(loss, model, data, state)")
-        step = _step_for(loss, as_params(ps), opt, mode)
+        step = _step_for(loss, as_params(ps), opt, mode, comm=comm)
     total = len(data) if hasattr(data, "__len__") else None
     bar = _Progress(total, sys.stderr.isatty() if progress is None else bool(progress))
     i, value = -1, None
     arity = _Arity(step.loss, data)
+    if comm is not None:
+        from .distributed.training import train_ranks
+        return train_ranks(step, data, callbacks, bar, arity, StopTraining, SkipItem, StepInfo)
     for i, d in enumerate(data):
         args = d if isinstance(d, tuple) else (d,)
         arity.check(args, d, i)

@@ -194,3 +194,8 @@ def pool():
         if _pool is None:
             _pool = ThreadPool(llvm_backend.num_threads())
         return _pool
+
+
+def started_threads():
+    """The running pool's thread count, or None before the first step starts it."""
+    return None if _pool is None else _pool.workers + 1
