@@ -14,9 +14,17 @@ class DataError(GraphfluxError, ValueError):
 
 class DataLoader:
     """Mini-batches of `data` (an array, a tuple or a dict of arrays sharing their length along
-    axis 0), yielding the same structure. Shuffles afresh at the start of every iteration."""
+    axis 0), yielding the same structure. Shuffles afresh at the start of every iteration.
 
-    def __init__(self, data, batchsize=1, *, shuffle=False, partial=True, rng=None):
+    With `shard=comm` (gf.distributed) each rank yields its share of every global batch of
+    `batchsize` x ranks observations: the global batches are those of one process with that
+    batch size, split over the ranks as evenly as they go, so every rank takes the same number
+    of steps and the union of a step's shares is the global batch. A short last batch may leave
+    a rank an empty share (its weight in the gradient is 0). Without `rng` the permutation's
+    seed is rank 0's, sent to every rank; a given `rng` must be the same on every rank."""
+
+    def __init__(self, data, batchsize=1, *, shuffle=False, partial=True, rng=None,
+                 shard=None):
         arrays = list(data.values()) if isinstance(data, dict) else \
             list(data) if isinstance(data, tuple) else [data]
         if not arrays:
@@ -29,8 +37,11 @@ class DataLoader:
         if isinstance(batchsize, bool) or not isinstance(batchsize, numbers.Integral) \
                 or batchsize < 1:
             raise DataError(f"batchsize must be a whole number >= 1, got {batchsize!r}")
-        self.data, self.n = data, lengths[0]
-        self.batchsize = min(int(batchsize), self.n)
+        self.data, self.n, self.shard = data, lengths[0], shard
+        ranks = 1 if shard is None else shard.size
+        self.batchsize = min(int(batchsize) * ranks, self.n)   # the global batch
+        if shard is not None and rng is None:
+            rng = shard.bcast(int(as_rng(None).integers(2 ** 62)) if shard.rank == 0 else None)
         self.shuffle, self.partial, self.rng = shuffle, partial, as_rng(rng)
 
     def __len__(self):
@@ -48,7 +59,17 @@ class DataLoader:
         order = self.rng.permutation(self.n) if self.shuffle else None
         for b in range(len(self)):
             lo, hi = b * self.batchsize, min((b + 1) * self.batchsize, self.n)
+            if self.shard is not None:
+                lo, hi = _share(lo, hi, self.shard)
             yield self._take(order[lo:hi] if order is not None else slice(lo, hi))
+
+
+def _share(lo, hi, comm):
+    """Rank comm.rank's part of positions [lo, hi): contiguous parts, sizes differing by at
+    most one, the larger first (numpy.array_split's rule)."""
+    size, extra = divmod(hi - lo, comm.size)
+    start = lo + comm.rank * size + min(comm.rank, extra)
+    return start, start + size + (comm.rank < extra)
 
 
 def onehotbatch(labels, classes):

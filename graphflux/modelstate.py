@@ -2,6 +2,7 @@
 checked first, so a mismatch changes nothing), `f32`/`f64` conversion, and `save`/`load` of a
 model with its optimiser in one `.npz`, written atomically."""
 import copy
+import io
 import json
 import os
 import tempfile
@@ -123,9 +124,23 @@ def f64(model):
     return _convert(model, np.float64)
 
 
-def save(path, model, opt=None):
+def save(path, model, opt=None, *, comm=None):
     """Write the model's whole state (and the optimiser's) to `path` (.npz), atomically: a
-    temporary file in the same folder renamed over the target, so a crash leaves the old file."""
+    temporary file in the same folder renamed over the target, so a crash leaves the old file.
+    With `comm` (gf.distributed) rank 0 writes, once every rank has reached the save (ranks
+    hold the same state); an error writing raises on every rank."""
+    if comm is not None:
+        comm.barrier()
+        error = None
+        if comm.rank == 0:
+            try:
+                save(path, model, opt)
+            except FileWriteError as e:
+                error = str(e)
+        error = comm.bcast(error)
+        if error is not None:
+            raise FileWriteError(f"rank 0: {error}" if comm.rank else error)
+        return
     arrays = {f"model/{k}": v for k, v in _flatten(state(model)).items()}
     if opt is not None:
         ps = params(model)
@@ -161,11 +176,28 @@ def save(path, model, opt=None):
         raise
 
 
-def load(path, model, opt=None):
+def load(path, model, opt=None, *, comm=None):
     """Restore a model (and optimiser) written by `save`; shapes, dtypes and structure are
-    checked first, and on a mismatch the model and optimiser are left untouched."""
+    checked first, and on a mismatch the model and optimiser are left untouched. With `comm`
+    (gf.distributed) rank 0 reads the file and sends its bytes to every rank, so the other
+    ranks need no access to it."""
+    source = path
+    if comm is not None:
+        raw = None
+        if comm.rank == 0:
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read()
+            except OSError as e:
+                raw = e
+        raw = comm.bcast(raw)
+        if isinstance(raw, FileNotFoundError):
+            raise MissingFileError(f"{path} does not exist on rank 0; nothing was loaded")
+        if isinstance(raw, OSError):
+            raise StateError(f"rank 0 cannot read {path} ({raw}); nothing was loaded")
+        source = io.BytesIO(raw)
     try:
-        with np.load(path, allow_pickle=False) as z:
+        with np.load(source, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise MissingFileError(f"{path} does not exist; nothing was loaded") from None

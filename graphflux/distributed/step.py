@@ -119,14 +119,6 @@ class UpdateStep:
 
 class Outcome:
     """What one collective step gave every rank: the mean loss over the ranks' batches (None
-    when nothing was updated), and whether any rank asked to stop or ran out of data."""
-
-    def __init__(self, loss, stop, done, all_done):
-        self.loss, self.stop, self.done, self.all_done = loss, stop, done, all_done
-
-
-class Outcome:
-    """What one collective step gave every rank: the mean loss over the ranks' batches (None
     when nothing was updated), whether a rank asked to stop, and how many ran out of data."""
 
     def __init__(self, loss=None, stop=False, done=0):
