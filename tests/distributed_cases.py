@@ -181,9 +181,22 @@ def case_misuse(comm, out):
     return {}, info
 
 
+def world():
+    """gf.distributed.world(), or with RANKS_PER_NODE=k set, a Comm whose nodes are groups of
+    k consecutive ranks: the exchange between nodes (over MPI) runs on one machine too."""
+    per_node = os.environ.get("RANKS_PER_NODE")
+    if not per_node:
+        return gf.distributed.world()
+    from mpi4py import MPI
+    rank = MPI.COMM_WORLD.Get_rank()
+    os.environ["GRAPHFLUX_NUM_THREADS"] = "1"
+    return gf.distributed.Comm(MPI.COMM_WORLD, node=MPI.COMM_WORLD.Split(rank // int(per_node),
+                                                                         rank))
+
+
 def main():
     case, out = sys.argv[1], sys.argv[2]
-    comm = gf.distributed.world()
+    comm = world()
     arrays, info = globals()["case_" + case](comm, out)
     info["threads"] = os.environ.get("GRAPHFLUX_NUM_THREADS")
     stem = os.path.join(out, f"{case}.rank{comm.rank}")

@@ -31,8 +31,9 @@ def mpiexec():
     return here if os.path.exists(here) else shutil.which("mpiexec")
 
 
-def run(case, ranks, folder, rank_env=None, timeout=240):
-    """Run `case` on `ranks` ranks; returns [(arrays, info)] by rank."""
+def run(case, ranks, folder, rank_env=None, timeout=240, env=None):
+    """Run `case` on `ranks` ranks (`env`: extra environment for all); returns [(arrays,
+    info)] by rank."""
     exe = mpiexec()
     assert exe, "mpi4py is installed but no mpiexec was found beside Python or on PATH"
     if rank_env is None:
@@ -46,7 +47,8 @@ def run(case, ranks, folder, rank_env=None, timeout=240):
             for k, v in env.items():
                 command += ["-env", k, v]
             command += [sys.executable, CASES, case, str(folder)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
     assert done.returncode == 0, f"{case} on {ranks} ranks failed:\n{done.stdout}\n{done.stderr}"
     results = []
     for r in range(ranks):
@@ -76,14 +78,17 @@ def reference(ranks):
 
 
 @needs_mpi
-@pytest.mark.parametrize("ranks", [2, 3])
-def test_training_equals_one_process_on_the_union_of_batches(ranks, tmp_path):
+@pytest.mark.parametrize("ranks, per_node", [(2, None), (3, None), (2, 1), (4, 2), (3, 2)])
+def test_training_equals_one_process_on_the_union_of_batches(ranks, per_node, tmp_path):
     """gf.train (implicit and explicit style) and a gf.compile loop, on 2 ranks and on 3
     (where the last batch leaves rank 2 an empty share), give every rank the same bits, and
     the parameters and losses of one process training on the concatenated batches (float64,
     rtol 1e-10: the sums are associated differently). Rank 0's initial parameters win: the
-    other ranks start from their own."""
-    results = run("train", ranks, tmp_path)
+    other ranks start from their own. `per_node` groups the ranks into pretend machines, so
+    the sum between nodes runs: one rank per node (MPI only), two nodes of two, and nodes of
+    two and one."""
+    results = run("train", ranks, tmp_path,
+                  env=per_node and {"RANKS_PER_NODE": str(per_node)})
     expected, expected_losses = reference(ranks)
     for style in ("implicit", "explicit", "compile"):
         assert same_bits(results, style), style

@@ -2,8 +2,12 @@
 
 The gradient sum must give every rank the same bits, or parameters drift apart one rounding
 at a time. The MPI standard asks that of `Allreduce`, but MPICH's recursive-exchange
-algorithm has broken it (pmodels/mpich#6538), so `sum_` reduces onto rank 0 and broadcasts
-that one result: every rank then holds a copy of the same array, whatever the library does."""
+algorithm has broken it (pmodels/mpich#6538), so on three or more ranks `sum_` reduces onto
+rank 0 and broadcasts that one result: every rank then holds a copy of the same array,
+whatever the library does. On two ranks every element of any algorithm's sum is one IEEE
+addition of the same two numbers, a + b or b + a, which are the same bits (addition is
+commutative; only its association can differ, and two operands have one), so `Allreduce` is
+used there: it moves half the bytes of reduce-then-broadcast."""
 import logging
 import os
 
@@ -26,18 +30,27 @@ def _mpi():
 class Comm:
     """`rank` and `size` of an mpi4py communicator (`gf.distributed.Comm(MPI.COMM_WORLD)`),
     and its collectives on numpy arrays and small Python values. Every rank must make the same
-    calls in the same order, as with any MPI program."""
+    calls in the same order, as with any MPI program.
 
-    def __init__(self, mpi_comm):
+    `node` is the communicator of the ranks that share this one's memory (by default MPI's
+    own split of the ranks by machine, `COMM_TYPE_SHARED`): they exchange gradients through
+    shared memory, and one of them per node (`leaders`, its node rank 0) over the network."""
+
+    def __init__(self, mpi_comm, node=None):
         mpi = _mpi()
-        if not isinstance(mpi_comm, mpi.Comm):
-            raise UsageError(f"gf.distributed.Comm wraps an mpi4py communicator (such as "
-                             f"MPI.COMM_WORLD), got {type(mpi_comm).__name__}")
+        for name, c in (("mpi_comm", mpi_comm), ("node", node)):
+            if c is not None and not isinstance(c, mpi.Comm):
+                raise UsageError(f"gf.distributed.Comm's {name} must be an mpi4py "
+                                 f"communicator (such as MPI.COMM_WORLD), got "
+                                 f"{type(c).__name__}")
         self.mpi, self._MPI = mpi_comm, mpi
         self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
-        node = mpi_comm.Split_type(mpi.COMM_TYPE_SHARED, key=self.rank)
-        self.node_size, self.node_rank = node.Get_size(), node.Get_rank()
-        node.Free()
+        self.node = node if node is not None else \
+            mpi_comm.Split_type(mpi.COMM_TYPE_SHARED, key=self.rank)
+        self.node_size, self.node_rank = self.node.Get_size(), self.node.Get_rank()
+        leaders = mpi_comm.Split(0 if self.node_rank == 0 else mpi.UNDEFINED, key=self.rank)
+        self.leaders = leaders if self.node_rank == 0 else None
+        self.node_count = mpi_comm.allreduce(int(self.node_rank == 0))
 
     def __repr__(self):
         return f"Comm(rank {self.rank} of {self.size})"
@@ -59,13 +72,21 @@ class Comm:
 
     def sum_(self, array):
         """Replace `array` (C-contiguous) on every rank by the sum over ranks -- the same bits
-        on every rank (reduced onto rank 0, then broadcast)."""
-        MPI = self._MPI
-        if self.rank == 0:
-            self.mpi.Reduce(MPI.IN_PLACE, array, op=MPI.SUM, root=0)
-        else:
-            self.mpi.Reduce(array, None, op=MPI.SUM, root=0)
-        self.mpi.Bcast(array, root=0)
+        on every rank."""
+        exact_sum(self.mpi, array, self._MPI)
+
+
+def exact_sum(mpi_comm, array, MPI):
+    """`array` on every rank of `mpi_comm` replaced by the sum over them, the same bits on
+    every rank: one `Allreduce` on two ranks, otherwise reduced onto rank 0, then broadcast."""
+    if mpi_comm.Get_size() == 2:
+        mpi_comm.Allreduce(MPI.IN_PLACE, array, op=MPI.SUM)
+    elif mpi_comm.Get_rank() == 0:
+        mpi_comm.Reduce(MPI.IN_PLACE, array, op=MPI.SUM, root=0)
+        mpi_comm.Bcast(array, root=0)
+    else:
+        mpi_comm.Reduce(array, None, op=MPI.SUM, root=0)
+        mpi_comm.Bcast(array, root=0)
 
 
 def default_threads(comm):

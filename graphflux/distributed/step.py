@@ -4,9 +4,10 @@ compiled update everywhere.
 A step is two native functions around one collective. The gradient function (a CompiledStep
 without an optimiser, of the loss times the batch length) writes every gradient straight into
 its place in one contiguous exchange buffer; the buffer's tail carries the step's few numbers
--- batch length, loss, flags, rank 0's hyperparameters, running statistics. One `Comm.sum_`
-of that buffer gives every rank the same bits; the update function reads the summed gradients
-in place, scaled by 1 / (the ranks' total batch length): the gradient of the mean loss over
+-- batch length, loss, flags, rank 0's hyperparameters, running statistics. One sum of the
+ranks' buffers (exchange.py: through shared memory within a node, `Comm.sum_` between nodes)
+gives every rank the same bits; the update function reads the summed gradients in place,
+scaled by 1 / (the ranks' total batch length): the gradient of the mean loss over
 the union of the ranks' batches. Identical inputs, identical native code, identical results:
 parameters stay bitwise the same on every rank."""
 import numpy as np
@@ -20,6 +21,7 @@ from ..compiled import (CompiledStep, _Entry, advance_hosts, bind_inputs, cached
                         optimiser_scalars)
 from ..errors import NonFiniteLoss, UsageError
 from ..params import as_params
+from .exchange import Exchange
 from ..signature import check_batch
 from ..tracing import (check_params, input_array, optimiser_description, step_graph,
                        trace_loss, trace_update)
@@ -187,7 +189,8 @@ class DistributedStep:
             buf[self.hyper_at:self.hyper_at + len(hyper)] = hyper
         for a, o in zip(self.stats, self.stat_offsets):
             buf[o:o + a.size] = a.ravel() if n and error is None else 0
-        comm.sum_(buf)
+        total = self.exchanger.total()
+        ctrl = total[c:]
         failed = np.flatnonzero(ctrl[STATUS:STATUS + comm.size])
         if len(failed) or ctrl[STOP] or ctrl[DONE]:
             for a, s in zip(self.written, saved):
@@ -196,11 +199,11 @@ class DistributedStep:
             raise self._nonfinite(error, failed, ctrl)
         if ctrl[STOP] or ctrl[DONE]:
             return Outcome(stop=bool(ctrl[STOP]), done=int(ctrl[DONE]))
-        total = float(ctrl[LENGTH])
-        self.update(buf[self.hyper_at:self.hyper_at + len(hyper)], 1.0 / total)
+        length = float(ctrl[LENGTH])
+        self.update(total[self.hyper_at:self.hyper_at + len(hyper)], 1.0 / length)
         for a, o in zip(self.stats, self.stat_offsets):
-            np.copyto(a, (buf[o:o + a.size] / ctrl[CONTRIBUTORS]).reshape(a.shape))
-        return Outcome(float(ctrl[LOSS]) / total)
+            np.copyto(a, (total[o:o + a.size] / ctrl[CONTRIBUTORS]).reshape(a.shape))
+        return Outcome(float(ctrl[LOSS]) / length)
 
     def _nonfinite(self, error, failed, ctrl):
         """The collective guard's error, the same kind on every rank: the failing rank's own
@@ -229,7 +232,7 @@ class DistributedStep:
         self._layout(grads)
         self.gradients = GradientStep(self.loss, ps, {
             f"grad:{ps.name(ps[i])}": view for i, view in self.grad_views})
-        self.update = UpdateStep(ps, self.opt, self.grad_views)
+        self.update = UpdateStep(ps, self.opt, self.summed_views)
         self._broadcast(grads, [traced.captured[k] for k in counters])
         self.started = True
 
@@ -267,8 +270,9 @@ class DistributedStep:
                                  "must build the same model and loss")
 
     def _layout(self, grads):
-        """One buffer: each gradient (aligned), the control block, rank 0's hyperparameters
-        (at most this many: each parameter's optimiser scalars), the running statistics."""
+        """One buffer per rank: each gradient (aligned), the control block, rank 0's
+        hyperparameters (at most this many: each parameter's optimiser scalars), the running
+        statistics; the exchange sums them into one more, which the update reads."""
         ps, opt, offset, offsets = self.ps, self.opt, 0, []
         for i in grads:
             offsets.append(offset)
@@ -279,9 +283,14 @@ class DistributedStep:
                                             for i in grads)
         self.stat_offsets = list(np.cumsum([0] + [a.size for a in self.stats])[:-1]
                                  + self.stats_at)
-        self.buffer = np.zeros(self.stats_at + sum(a.size for a in self.stats), self.dtype)
-        self.grad_views = [(i, self.buffer[o:o + ps[i].size].reshape(ps[i].shape))
-                           for i, o in zip(grads, offsets)]
+        self.exchanger = Exchange(self.comm, self.stats_at + sum(a.size for a in self.stats),
+                                  self.dtype)
+        self.buffer = self.exchanger.mine
+
+        def views(buffer):
+            return [(i, buffer[o:o + ps[i].size].reshape(ps[i].shape))
+                    for i, o in zip(grads, offsets)]
+        self.grad_views, self.summed_views = views(self.buffer), views(self.exchanger.result)
 
     def _broadcast(self, grads, counters):
         """Rank 0's parameters, optimiser state (arrays and host state) and running
