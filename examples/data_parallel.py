@@ -21,7 +21,7 @@ train, test = slice(0, 1500), slice(1500, None)
 
 model = gf.Chain(gf.Dense(64, 64, gf.relu), gf.Dense(64, 10))   # rank 0's weights win
 ps = gf.params(model)
-opt = gf.Adam(0.003)
+opt = gf.Adam(0.01)
 
 
 def loss(x, y):
