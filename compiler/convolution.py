@@ -17,7 +17,7 @@ result, added in chunk order afterwards: the same numbers on one thread or many.
 import numpy as np
 from llvmlite import ir
 
-from . import thread_pool
+from . import conv_filter_direct, thread_pool
 from .loops import I64, for_range, gep, i64, internal_function, share, smin
 from .matmul import EPILOGUE_TYPE, NC, declare_serial_gemm, pack_elements
 
@@ -55,11 +55,16 @@ def task_regions(g, mode, dtype, vw):
     return 0, patches, patches + _round(pa), patches + _round(pa) + _round(pb)
 
 
+def direct(g, mode, dtype, vw):
+    """Whether the kernel is computed without patches (compiler.conv_filter_direct)."""
+    return mode == "filter" and conv_filter_direct.applies(g, np.dtype(dtype).itemsize, vw)
+
+
 def conv_buffers(g, mode, dtype, vw, threads):
     """(work bytes, partials bytes, tasks) a ConvKernel needs."""
     dtype = np.dtype(dtype)
     tasks = max(1, min(threads, MAX_TASKS))
-    total = task_regions(g, mode, dtype, vw)[3]
+    total = 0 if direct(g, mode, dtype, vw) else task_regions(g, mode, dtype, vw)[3]
     partials = FILTER_CHUNKS * g.o * g.patch_rows() * dtype.itemsize if mode == "filter" else 0
     return tasks * total * dtype.itemsize, partials, tasks
 
@@ -237,6 +242,10 @@ def emit_task(module, kern, name, ty, vw):
     if mode == "filter":
         def chunk(j):
             part = gep(b, partials, b.mul(j, i64(g.o * rows)), ty)
+            if direct(g, mode, dtype, vw):
+                conv_filter_direct.emit_chunk(b, g, first, second, part,
+                                              *share(b, j, FILTER_CHUNKS, n), ty, vw)
+                return
             _zero(b, part, g.o * rows, ty)
             for_range(b, *share(b, j, FILTER_CHUNKS, n), lambda s: sample(s, part), name="s")
         tasks = kern.tasks
@@ -271,8 +280,9 @@ def call_conv(body, kern, ty, vw):
     """The kernel's call in the step: its tasks, split across the pool when the pool says it
     pays, then (filter gradient) the chunks' sum."""
     task = body.function(kern, lambda module, k, name: emit_task(module, k, name, ty, vw))
-    kern.function = task.name[:-len(".task")] + (".unpatch" if kern.mode == "transpose"
-                                                  else ".patches")   # its loops (and the GEMM's)
+    loops = ".task" if direct(kern.geometry, kern.mode, kern.out.dtype, vw) else \
+        ".unpatch" if kern.mode == "transpose" else ".patches"
+    kern.function = task.name[:-len(".task")] + loops      # its loops (and the GEMM's)
     n = body.extent(kern, kern.geometry.n, 0 in kern.batch)
     partials = body.base(kern.partials) if kern.partials is not None else \
         ir.Constant(PTR, None)

@@ -625,7 +625,8 @@ EMITTERS = {
     "gemm": _call_gemm,
     "conv": lambda body, kern: call_conv(body, kern, llvm_type(kern.out.dtype),
                                          body.vector_width[np.dtype(kern.out.dtype)]),
-    "pool": lambda body, kern: call_pool(body, kern, llvm_type(kern.out.dtype)),
+    "pool": lambda body, kern: call_pool(body, kern, llvm_type(kern.out.dtype),
+                                         body.vector_width[np.dtype(kern.out.dtype)]),
 }
 """kernel kind -> emits the kernel's call in the step (and its function, once per structure)."""
 

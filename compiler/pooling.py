@@ -14,7 +14,7 @@ import math
 import numpy as np
 from llvmlite import ir
 
-from . import thread_pool
+from . import pooling_tiled, thread_pool
 from . import transcendental as tr
 from .loops import I64, for_range, gep, i64, internal_function, share
 
@@ -45,13 +45,17 @@ def _tiles(g):
                for lo, s, k, n, o in zip(g.low, g.stride, g.window, g.inp, g.out))
 
 
-def _emit_plane(module, kern, name, ty):
+def _emit_plane(module, kern, name, ty, vw):
     """void name.plane(ptr x, ptr dy, ptr out): one plane, its pointers noalias so that the
     stores into `out` do not make LLVM reload the inputs."""
     g, mode = kern.geometry, kern.mode
     fn = internal_function(module, name + ".plane", [PTR] * 3, noalias=3)
     x_p, dy_p, out_p = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
+    if pooling_tiled.applies(g, mode, UNROLL):
+        pooling_tiled.emit_lines(b, g, mode, x_p, dy_p, out_p, ty, vw)
+        b.ret_void()
+        return fn
     acc = b.alloca(ty, name="acc")
     best = b.alloca(I64, name="best")
     plane_in = math.prod(g.inp)
@@ -152,11 +156,11 @@ def _branch_free_max(b, g, mode, direct, x_p, dy_p, out_p, o, visit, ty):
         b.store(share if direct else b.fadd(b.load(p_dx, typ=ty), share), p_dx)
 
 
-def emit_task(module, kern, name, ty):
+def emit_task(module, kern, name, ty, vw):
     """void name.task(ptr args, i64 t): planes [t * per, (t + 1) * per); args holds the
     inputs (x or dy; for max_grad x then dy), the output and the number of planes."""
     g, mode = kern.geometry, kern.mode
-    plane_fn = _emit_plane(module, kern, name, ty)
+    plane_fn = _emit_plane(module, kern, name, ty, vw)
     task = internal_function(module, name + ".task", [PTR, I64])
     words, t = task.args
     b = ir.IRBuilder(task.append_basic_block("entry"))
@@ -176,8 +180,8 @@ def emit_task(module, kern, name, ty):
     return task
 
 
-def call_pool(body, kern, ty):
-    task = body.function(kern, lambda module, k, name: emit_task(module, k, name, ty))
+def call_pool(body, kern, ty, vw):
+    task = body.function(kern, lambda module, k, name: emit_task(module, k, name, ty, vw))
     kern.function = task.name[:-len(".task")] + ".plane"    # where its loops are: the listing
     g = kern.geometry
     planes = body.b.mul(body.extent(kern, g.n, 0 in kern.batch), i64(g.c))

@@ -17,6 +17,10 @@ CONVS = [
     ((5, 5), (5, 5), (1, 1), (0, 0), (1, 1), 1, True, 1, 2),            # window = input
     ((8, 7), (3, 3), (3, 2), (1, 1), (1, 1), 3, False, 3, 6),           # depthwise-like
     ((6, 6), (2, 2), (1, 1), gf.SamePad(), (2, 2), 1, False, 2, 2),     # SamePad, dilated
+    # unit width stride, no width padding: the weight gradient in registers, a line of 8+8+1
+    ((7, 21), (3, 3), (2, 1), (1, 1, 0, 0), (1, 2), 2, False, 4, 6),
+    ((3, 6, 10), (2, 3, 3), (1, 1, 1), (1, 0, 0, 1, 0, 0), (1, 1, 1), 1, True, 2, 3),
+    ((5, 14), (3, 11), (1, 1), (0, 0), (1, 1), 1, False, 2, 2),         # two passes of rows
 ]
 POOLS = [  # (spatial, window, stride, pad)
     ((6, 6), (2, 2), (2, 2), (0, 0)),
@@ -24,6 +28,11 @@ POOLS = [  # (spatial, window, stride, pad)
     ((9,), (3,), (2,), (1,)),
     ((4, 5, 4), (2, 2, 3), (1, 2, 1), (0, 0, 1, 0, 0, 1)),
     ((5, 5), (5, 5), (1, 1), (0, 0)),                                   # global
+    ((4, 40), (2, 2), (2, 2), (0, 0)),           # tiling windows in vectors: a line of 8+8+4
+    ((4, 12), (1, 4), (1, 4), (0, 0)),
+    ((6, 5), (3, 1), (3, 1), (0, 0)),
+    ((4, 4, 6), (2, 2, 2), (2, 2, 2), (0, 0, 0)),
+    ((8,), (2,), (2,), (0,)),
 ]
 
 
@@ -95,6 +104,23 @@ def test_conv_float32_native_against_float64_reference():
     assert y.dtype == np.float32
     expected = _reference(x, w, kw)
     assert np.max(np.abs(y - expected)) <= 1e-5 * np.max(np.abs(expected))
+
+
+@pytest.mark.parametrize("shape", [(9, 1, 28, 28, 6), (5, 6, 12, 12, 16)])
+def test_weight_gradient_float32_against_float64(shape):
+    """LeNet's two weight gradients in float32 (vectors of 16, summed in registers): each
+    element within 1e-5 of the sum of its terms' magnitudes -- n u for the longest chain of
+    additions (samples per chunk x lines x pieces, the lane tree, the chunks: under 160)."""
+    n, c, h, w_, o = shape
+    rng = np.random.default_rng(7)
+    x, w = rng.normal(size=(n, c, h, w_)), rng.normal(size=(o, c, 5, 5))
+    dy = rng.normal(size=(n, o, h - 4, w_ - 4))
+    x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
+    gw32, = gf.gradient(lambda b: gf.sum(gf.conv(x32, b) * dy32), w.astype(np.float32))
+    assert gw32.dtype == np.float32
+    gw, = gf.gradient(lambda b: gf.sum(gf.conv(x, b) * dy), w, mode="eager")
+    scale, = gf.gradient(lambda b: gf.sum(gf.conv(np.abs(x), b) * np.abs(dy)), w, mode="eager")
+    assert np.all(np.abs(gw32 - gw) <= 1e-5 * scale)
 
 
 def test_batch_of_one_and_a_large_image_split_into_blocks():
