@@ -16,7 +16,7 @@ import itertools
 
 from llvmlite import ir
 
-from .loops import for_range, gep, i64
+from .loops import for_range, gep, i64, vector_call
 from .pooling_tiled import chunks
 
 ACCUMULATORS = {64: 28, 32: 12, 16: 12}
@@ -104,7 +104,7 @@ def emit_chunk(b, g, x, dy, part, s_lo, s_hi, ty, vw):
                         v = _widen(b, b.load(gep(b, x_row, shift, ty), typ=piece, align=align),
                                    lanes)
                         a = acc[i * kw_n + kw]
-                        b.store(_fma(b, d, v, b.load(a, typ=vty)), a)
+                        b.store(vector_call(b, "fma", d, v, b.load(a, typ=vty)), a)
 
     def pair(p):
         o, cl = b.sdiv(p, i64(cg)), b.srem(p, i64(cg))
@@ -128,10 +128,3 @@ def emit_chunk(b, g, x, dy, part, s_lo, s_hi, ty, vw):
 
     for_range(b, 0, g.o * cg, pair, name="pair")
 
-
-def _fma(b, x, y, z):
-    vty = x.type
-    name = f"llvm.fma.v{vty.count}{'f64' if isinstance(vty.element, ir.DoubleType) else 'f32'}"
-    fn = b.module.globals.get(name) or ir.Function(b.module, ir.FunctionType(vty, [vty] * 3),
-                                                   name=name)
-    return b.call(fn, [x, y, z])

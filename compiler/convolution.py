@@ -14,10 +14,12 @@ that block. The three members of the family (compiler.window_geometry) share the
 Samples are split across the pool's threads in `tasks` shares. The filter gradient sums over
 samples, so it sums in FILTER_CHUNKS fixed chunks of samples, each into its own partial
 result, added in chunk order afterwards: the same numbers on one thread or many."""
+import math
+
 import numpy as np
 from llvmlite import ir
 
-from . import conv_filter_direct, thread_pool
+from . import conv_direct, conv_filter_direct, thread_pool
 from .loops import I64, for_range, gep, i64, internal_function, share, smin
 from .matmul import EPILOGUE_TYPE, NC, declare_serial_gemm, pack_elements
 
@@ -56,15 +58,27 @@ def task_regions(g, mode, dtype, vw):
 
 
 def direct(g, mode, dtype, vw):
-    """Whether the kernel is computed without patches (compiler.conv_filter_direct)."""
-    return mode == "filter" and conv_filter_direct.applies(g, np.dtype(dtype).itemsize, vw)
+    """Whether the kernel is computed without patches (compiler.conv_direct and
+    compiler.conv_filter_direct)."""
+    if mode == "filter":
+        return conv_filter_direct.applies(g, np.dtype(dtype).itemsize, vw)
+    return conv_direct.plan(g, mode) is not None
+
+
+def _work_elements(g, mode, dtype, vw):
+    """A task's scratch: its padded input copy on the direct paths, else its patch block and
+    packing buffers."""
+    if not direct(g, mode, dtype, vw):
+        return task_regions(g, mode, dtype, vw)[3]
+    return _round(conv_direct.scratch_elements(conv_direct.plan(g, mode))) \
+        if mode != "filter" else 0
 
 
 def conv_buffers(g, mode, dtype, vw, threads):
     """(work bytes, partials bytes, tasks) a ConvKernel needs."""
     dtype = np.dtype(dtype)
     tasks = max(1, min(threads, MAX_TASKS))
-    total = 0 if direct(g, mode, dtype, vw) else task_regions(g, mode, dtype, vw)[3]
+    total = _work_elements(g, mode, dtype, vw)
     partials = FILTER_CHUNKS * g.o * g.patch_rows() * dtype.itemsize if mode == "filter" else 0
     return tasks * total * dtype.itemsize, partials, tasks
 
@@ -239,7 +253,19 @@ def emit_task(module, kern, name, ty, vw):
             for_range(b, 0, lines, block, step=step, name="block")
         for_range(b, 0, g.groups, group, name="group")
 
-    if mode == "filter":
+    plan = conv_direct.plan(g, mode) if mode != "filter" and direct(g, mode, dtype, vw) \
+        else None
+    if plan is not None:
+        def direct_sample(s):
+            x_s = gep(b, first, b.mul(s, i64(plan.groups * plan.cin * math.prod(plan.src))), ty)
+            if plan.padded():
+                scratch = gep(b, work, b.mul(t, i64(_work_elements(g, mode, dtype, vw))), ty)
+                conv_direct.copy_padded(b, plan, x_s, scratch, ty)
+                x_s = scratch
+            y_s = gep(b, out, b.mul(s, i64(plan.groups * plan.cout * math.prod(plan.out))), ty)
+            conv_direct.emit_sample(b, plan, x_s, second, y_s, ty, vw)
+        for_range(b, *share(b, t, kern.tasks, n), direct_sample, name="s")
+    elif mode == "filter":
         def chunk(j):
             part = gep(b, partials, b.mul(j, i64(g.o * rows)), ty)
             if direct(g, mode, dtype, vw):

@@ -54,3 +54,13 @@ def share(b, index, shares, n):
     per = b.sdiv(b.add(n, i64(shares - 1)), i64(shares))
     lo = smin(b, b.mul(index, per), n)
     return lo, smin(b, b.add(lo, per), n)
+
+
+def vector_call(b, name, *args):
+    """llvm.<name> on vectors of the arguments' type (fma, maximum, ...), declared once."""
+    vty = args[0].type
+    suffix = f"v{vty.count}{'f64' if isinstance(vty.element, ir.DoubleType) else 'f32'}"
+    full = f"llvm.{name}.{suffix}"
+    fn = b.module.globals.get(full) or ir.Function(
+        b.module, ir.FunctionType(vty, [vty] * len(args)), name=full)
+    return b.call(fn, list(args))

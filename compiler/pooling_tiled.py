@@ -16,7 +16,7 @@ import math
 
 from llvmlite import ir
 
-from .loops import for_range, gep, i64
+from .loops import for_range, gep, i64, vector_call
 
 MAX_COLUMNS = 8
 
@@ -59,15 +59,6 @@ def _interleave(b, parts):
         ir.VectorType(ir.IntType(32), lanes * kw), order))
 
 
-def _maximum(b, x, y):
-    """llvm.maximum on vectors: NaN if either is NaN, and -0 below +0."""
-    vty = x.type
-    name = f"llvm.maximum.v{vty.count}{'f64' if isinstance(vty.element, ir.DoubleType) else 'f32'}"
-    fn = b.module.globals.get(name) or ir.Function(b.module, ir.FunctionType(vty, [vty] * 2),
-                                                   name=name)
-    return b.call(fn, [x, y])
-
-
 def _columns(b, row, lanes, kw):
     """The kw columns of a loaded window row, each a vector of `lanes`."""
     if kw == 1:
@@ -97,7 +88,7 @@ def emit_lines(b, g, mode, x_p, dy_p, out_p, ty, vw):
                 b, b.load(gep(b, x_p, s, ty), typ=wide, align=align), lanes, kw)]
             m = values[0]
             for v in values[1:]:
-                m = _maximum(b, m, v)
+                m = vector_call(b, "maximum", m, v)
             at = b.add(out_line, i64(j0))
             if mode == "max":
                 b.store(m, gep(b, out_p, at, ty), align=align)
