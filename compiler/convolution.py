@@ -222,6 +222,13 @@ def emit_task(module, kern, name, ty, vw):
         b.call(gemm, [a, bm, c, pack_a, pack_b] + [i64(v) for v in (m, nn, k, *strides, ldc)]
                + [i64(NC[is_f32])] + no_epilogue + [i64(accumulate)])
 
+    def finish(s):
+        """The epilogue (compiler.epilogue) on sample s, when the kernel has one."""
+        if kern.epilogue is not None:
+            epi = b.inttoptr(b.load(gep(b, words, 6, I64), typ=I64), ir.PointerType(EPILOGUE_TYPE))
+            epi_args = b.inttoptr(b.load(gep(b, words, 7, I64), typ=I64), PTR)
+            b.call(epi, [epi_args, s, i64(0), i64(1), i64(g.o)])
+
     def sample(s, part=None):
         x_s = gep(b, first, b.mul(s, i64(g.c * plane_in)), ty)
         if mode == "transpose":
@@ -252,6 +259,7 @@ def emit_task(module, kern, name, ty, vw):
                         gi, i64(og * rows)), ty), og, rows, cols, (positions, 1, 1, cols), rows, 1)
             for_range(b, 0, lines, block, step=step, name="block")
         for_range(b, 0, g.groups, group, name="group")
+        finish(s)
 
     plan = conv_direct.plan(g, mode) if mode != "filter" and direct(g, mode, dtype, vw) \
         else None
@@ -264,6 +272,7 @@ def emit_task(module, kern, name, ty, vw):
                 x_s = scratch
             y_s = gep(b, out, b.mul(s, i64(plan.groups * plan.cout * math.prod(plan.out))), ty)
             conv_direct.emit_sample(b, plan, x_s, second, y_s, ty, vw)
+            finish(s)
         for_range(b, *share(b, t, kern.tasks, n), direct_sample, name="s")
     elif mode == "filter":
         def chunk(j):
@@ -302,7 +311,24 @@ def emit_combine(module, kern, name, ty):
     return fn
 
 
-def call_conv(body, kern, ty, vw):
+def _epilogue_values(body, kern, emit_epilogue):
+    """The epilogue's function (made by lower.emit_epilogue) and its buffers' pointers, as the
+    task's last two words."""
+    if kern.epilogue is None:
+        return []
+    epi = kern.epilogue
+    fn = body.function(epi, emit_epilogue, "epilogue")
+    epi.function = fn.name
+    pointers = body.pointers(epi)
+    with body.b.goto_entry_block():
+        body.b.position_before(body.fn.entry_basic_block.instructions[0])
+        words = body.b.alloca(I64, size=len(pointers), name="epilogue_args")
+    for k, ptr in enumerate(pointers):
+        body.b.store(body.b.ptrtoint(ptr, I64), gep(body.b, words, k, I64))
+    return [fn, words]
+
+
+def call_conv(body, kern, ty, vw, emit_epilogue):
     """The kernel's call in the step: its tasks, split across the pool when the pool says it
     pays, then (filter gradient) the chunks' sum."""
     task = body.function(kern, lambda module, k, name: emit_task(module, k, name, ty, vw))
@@ -313,7 +339,7 @@ def call_conv(body, kern, ty, vw):
     partials = body.base(kern.partials) if kern.partials is not None else \
         ir.Constant(PTR, None)
     values = [body.at(kern.first), body.at(kern.second), body.at(kern.out),
-              body.base(kern.work), partials, n]
+              body.base(kern.work), partials, n] + _epilogue_values(body, kern, emit_epilogue)
     body.run_tasks(task, values, kern.tasks, kern.flops(), sum(
         lay.nbytes() for lay in kern.layouts()), thread_pool.WORK_KINDS.index("flops"))
     if kern.mode == "filter":

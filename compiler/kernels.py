@@ -78,7 +78,8 @@ class Kernel:
     chunks = 0
     """Loop kernels only: > 0 when reductions over the first loop run in fixed chunks."""
     epilogue = None
-    """GEMM kernels only: the loop kernel run on each finished block (compiler.epilogue)."""
+    """GEMM and forward convolution kernels only: the loop kernel run on each finished block
+    (compiler.epilogue)."""
 
     def dimensions(self):
         """The sizes the kernel's loops run over."""
@@ -314,27 +315,29 @@ class ConvKernel(Kernel):
     partials: Buffer = None
     tasks: int = 1
     nodes: list = field(default_factory=list)
+    epilogue: "LoopKernel" = None     # forward only: run on each sample (compiler.epilogue)
     kind = "conv"
 
     def dimensions(self):
         return self.geometry.dimensions()
 
     def reads(self):
-        return [self.first, self.second]
+        return [self.first, self.second] + (self.epilogue.reads() if self.epilogue else [])
 
     def writes(self):
-        return [self.out]
+        return [self.out] + (self.epilogue.writes() if self.epilogue else [])
 
     def scratch(self):
         return [self.work] + ([self.partials] if self.partials is not None else [])
 
     def flops(self):
         g = self.geometry
-        return 2 * g.n * g.o * math.prod(g.out) * g.patch_rows()
+        return 2 * g.n * g.o * math.prod(g.out) * g.patch_rows() + (
+            self.epilogue.flops() if self.epilogue else 0)
 
     def structure(self):
         return (self.kind, self.mode, self.geometry, self.tasks, self.batch,
-                np.dtype(self.out.dtype).str)
+                np.dtype(self.out.dtype).str, self.epilogue is not None)
 
 
 @dataclass(eq=False)

@@ -321,7 +321,8 @@ def emit_epilogue(module, kern, name):
     """`void name.epilogue(ptr args, i64 row0, i64 col0, i64 rows, i64 cols)`: the loop
     kernel `kern` (over a product's (m, n) output, elementwise) on one block of rows and
     columns, called by the GEMM as each block of C is finished, while it is in cache; `args`
-    holds its buffers' pointers."""
+    holds its buffers' pointers. Over a convolution's (N, C, *spatial) output the block is
+    samples by channels, each whole."""
     fn = ir.Function(module, EPILOGUE_TYPE, name=name + ".epilogue")
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
@@ -330,7 +331,7 @@ def emit_epilogue(module, kern, name):
     arg = {id(buf): b.inttoptr(b.load(gep(b, words, k, I64), typ=I64), PTR)
            for k, buf in enumerate(kern.buffers())}
     strides = [lay.strides for lay in kern.layouts()]
-    loop_nest(b, [(row0, b.add(row0, rows)), (col0, b.add(col0, cols))],
+    loop_nest(b, [(row0, b.add(row0, rows)), (col0, b.add(col0, cols))] + list(kern.shape[2:]),
               lambda indices: _element(b, module, kern, arg, strides, indices))
     b.ret_void()
     return fn
@@ -624,7 +625,8 @@ EMITTERS = {
     "finite_check": lambda body, kern: _call_finite_check(body, kern),
     "gemm": _call_gemm,
     "conv": lambda body, kern: call_conv(body, kern, llvm_type(kern.out.dtype),
-                                         body.vector_width[np.dtype(kern.out.dtype)]),
+                                         body.vector_width[np.dtype(kern.out.dtype)],
+                                         emit_epilogue),
     "pool": lambda body, kern: call_pool(body, kern, llvm_type(kern.out.dtype),
                                          body.vector_width[np.dtype(kern.out.dtype)]),
 }

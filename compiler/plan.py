@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .epilogue import fuse_gemm_epilogues
+from .epilogue import fuse_epilogues
 from .errors import CompileError
 from .fusion import FUSIBLE, REDUCTIONS
 from .in_place import move_updates_in_place
@@ -130,7 +130,7 @@ class Planner:
                 if node.id in waiting and node.id in self.layouts:
                     self.kernels.append(self._placed(waiting.pop(node.id)))
         self.kernels.extend(self._placed(kern) for kern in waiting.values())
-        self.kernels = fuse_gemm_epilogues(self.kernels)
+        self.kernels = fuse_epilogues(self.kernels)
         for node, buf in pending_outputs:
             dst = Layout(buf, 0, dense_strides(node.shape), node.shape, node.dtype)
             self.kernels.append(self._copy_kernel(self.layout(node), dst, f"copy_{buf.name}"))
