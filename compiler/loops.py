@@ -64,3 +64,12 @@ def vector_call(b, name, *args):
     fn = b.module.globals.get(full) or ir.Function(
         b.module, ir.FunctionType(vty, [vty] * len(args)), name=full)
     return b.call(fn, list(args))
+
+
+def concat_vectors(b, parts):
+    """One vector of `parts` (a power-of-two count of equal vectors) end to end."""
+    while len(parts) > 1:
+        width = parts[0].type.count
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * width), list(range(2 * width)))
+        parts = [b.shuffle_vector(parts[i], parts[i + 1], mask) for i in range(0, len(parts), 2)]
+    return parts[0]

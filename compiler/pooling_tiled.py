@@ -16,7 +16,7 @@ import math
 
 from llvmlite import ir
 
-from .loops import for_range, gep, i64, vector_call
+from .loops import concat_vectors, for_range, gep, i64, vector_call
 
 MAX_COLUMNS = 8
 
@@ -47,13 +47,7 @@ def _interleave(b, parts):
     """One vector holding parts[0][0], parts[1][0], ..., parts[0][1], ...: the kw columns of a
     window row back in input order."""
     lanes, kw = parts[0].type.count, len(parts)
-    joined = parts
-    while len(joined) > 1:
-        width = joined[0].type.count
-        joined = [b.shuffle_vector(joined[i], joined[i + 1], ir.Constant(
-            ir.VectorType(ir.IntType(32), 2 * width), list(range(2 * width))))
-            for i in range(0, len(joined), 2)]
-    whole = joined[0]
+    whole = concat_vectors(b, parts)
     order = [k * lanes + j for j in range(lanes) for k in range(kw)]
     return b.shuffle_vector(whole, ir.Constant(whole.type, ir.Undefined), ir.Constant(
         ir.VectorType(ir.IntType(32), lanes * kw), order))

@@ -124,6 +124,22 @@ def test_weight_gradient_float32_against_float64(shape):
     assert np.all(np.abs(gw32 - gw) <= 1e-5 * scale)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("height,pad", [(10, 0), (8, 0), (9, 1), (7, 0)])
+def test_direct_forward_on_short_lines(dtype, height, pad):
+    """Output lines of 4, shorter than a vector in either precision, with and without height
+    padding (the padded copy), on even and odd numbers of lines."""
+    rng = np.random.default_rng(height)
+    x = rng.normal(size=(3, 2, height, 6))
+    w = rng.normal(size=(3, 2, 3, 3))
+    kw = dict(stride=(1, 1), pad=(pad, pad, 0, 0), dilation=(1, 1), groups=1, flipped=False)
+    y = gf.jit(lambda a, b: gf.conv(a, b, pad=(pad, pad, 0, 0)))(x.astype(dtype),
+                                                                 w.astype(dtype))
+    expected = _reference(x, w, kw)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert np.max(np.abs(y - expected)) <= tol * np.max(np.abs(expected))
+
+
 def test_batch_of_one_and_a_large_image_split_into_blocks():
     """64 x 64 with 8 channels and a 3 x 3 window: patch blocks of a few lines each, so the
     block loop and its last partial block run; a batch of one runs one task."""
