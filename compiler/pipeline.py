@@ -21,11 +21,13 @@ VERSION = "0.1.0"
 
 def graph_key(graph, extra=""):
     """sha256 of the graph's canonical listing (constant arrays by value) plus everything the
-    object code depends on: versions, graphflux's own source, CPU and its features, thread
+    object code depends on: versions, graphflux's own source, CPU and its features, the vector
+    widths the kernels are planned for (the host's, unless a test forces others), thread
     count, `extra`."""
     h = hashlib.sha256()
+    widths = sorted((dt.str, n) for dt, n in llvm_backend.vector_widths().items())
     for part in (str(graph), llvm_backend.host_description(), VERSION, source_fingerprint(),
-                 f"threads={llvm_backend.num_threads()}", extra):
+                 f"widths={widths}", f"threads={llvm_backend.num_threads()}", extra):
         h.update(part.encode() + b"\0")
     for n in graph.nodes:
         if n.op == "const" and n.size > 1:

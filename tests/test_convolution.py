@@ -226,3 +226,33 @@ def test_a_window_that_does_not_fit_is_a_shape_error_naming_the_line():
         gf.jit(lambda a: gf.conv(a, np.ones((1, 1, 5, 5))))(x)
     with pytest.raises(ShapeError, match="channels"):
         gf.conv(x, np.ones((2, 3, 2, 2)))
+
+
+@pytest.mark.parametrize("bits", [256, 128])
+def test_the_kernels_at_narrower_vectors(bits, monkeypatch):
+    """AVX2's and SSE's lane counts (other machines this runs on): fewer accumulators, other
+    line pieces and pooling chunks, the same numbers. The vector widths are forced, and the
+    artifact cache is off so nothing compiled at this host's widths is reused."""
+    from graphflux.compiler import llvm_backend
+    monkeypatch.setenv("GRAPHFLUX_CACHE", "0")
+    monkeypatch.setattr(llvm_backend, "vector_widths", lambda: {
+        np.dtype(np.float32): bits // 32, np.dtype(np.float64): bits // 64})
+    for case in (CONVS[0], CONVS[6], CONVS[8], CONVS[9]):
+        x, w, kw = _conv_args(case)
+        dy = np.random.default_rng(1).normal(size=_reference(x, w, kw).shape)
+
+        def loss(a, b):
+            return gf.sum(gf.conv(a, b, **kw) * dy)
+        np.testing.assert_allclose(gf.jit(lambda a, b: gf.conv(a, b, **kw))(x, w),
+                                   _reference(x, w, kw), rtol=1e-12, atol=1e-12)
+        for got, want in zip(gf.gradient(loss, x, w), gf.gradient(loss, x, w, mode="eager")):
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+    x, w, _ = _conv_args(CONVS[8])
+    step = gf.compile(lambda a: gf.sum(gf.conv(a, w)), gf.params(w), gf.Descent(0.1))
+    widths = {r["vector_width"] for r in step.lower(x).stats["kernel_table"]
+              if r["kind"] == "conv"}
+    assert widths == {bits // 64}, widths             # float64 lanes: the forced widths held
+    x = np.round(np.random.default_rng(2).normal(size=(2, 3, 4, 40)), 0)
+    dy = np.random.default_rng(3).normal(size=(2, 3, 2, 20))
+    g, = gf.gradient(lambda a: gf.sum(gf.maxpool(a, (2, 2)) * dy), x)
+    np.testing.assert_allclose(g, ref.maxpool_grad(x, dy, (2, 2), (2, 2), (0, 0)), rtol=1e-12)
