@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from .conv_filter_direct import ACCUMULATORS
-from .loops import for_range, gep, i64, vector_call
-from .pooling_tiled import chunks
+from .loops import (accumulator_budget, element_size, entry_alloca, for_range, gep, i64,
+                    line_pieces, splat, vector_call)
 
 
 MAX_PADDED_WORK = 1.5
@@ -118,14 +117,6 @@ def _segments(pieces, budget):
     return [pieces[i:i + per] for i in range(0, len(pieces), per)]
 
 
-def _entry_alloca(b, vty):
-    """An accumulator in the entry block, where LLVM promotes it to a register."""
-    entry = b.function.entry_basic_block
-    with b.goto_block(entry):
-        b.position_at_start(entry)
-        return b.alloca(vty)
-
-
 def _blocks(n, per):
     return [(o, min(per, n - o)) for o in range(0, n, per)]
 
@@ -134,8 +125,8 @@ def emit_sample(b, d, x_s, w, y_s, ty, vw):
     """y_s (one sample's output, groups x cout planes) from x_s (its input planes, d.inp)."""
     (od_n, oh_n, ow), (pd, ph, pw) = d.out, d.inp
     kd_n, kh_n, kw_n = d.window
-    align = 8 if isinstance(ty, ir.DoubleType) else 4
-    budget = ACCUMULATORS.get(vw * align, 12)
+    align = element_size(ty)
+    budget = accumulator_budget(align, vw)
     positions = od_n * oh_n * ow
     g_stride, o_stride, i_stride = d.w_strides
 
@@ -145,7 +136,7 @@ def emit_sample(b, d, x_s, w, y_s, ty, vw):
     def run(gi, o0, count, segment, od, oh):
         lanes = [n for _, n in segment]
         vtys = [ir.VectorType(ty, n) for n in lanes]
-        accs = [[_entry_alloca(b, vty) for vty in vtys] for _ in range(count)]
+        accs = [[entry_alloca(b, vty) for vty in vtys] for _ in range(count)]
         for oi in range(count):
             for p, vty in enumerate(vtys):
                 b.store(ir.Constant(vty, [0.0] * lanes[p]), accs[oi][p])
@@ -169,13 +160,9 @@ def emit_sample(b, d, x_s, w, y_s, ty, vw):
                         v = b.load(gep(b, row, j0 + kw * d.dilation[2], ty), typ=vty,
                                    align=align)
                         for oi in range(count):
-                            splat = b.shuffle_vector(
-                                b.insert_element(ir.Constant(vty, ir.Undefined), scalars[oi],
-                                                 ir.Constant(ir.IntType(32), 0)),
-                                ir.Constant(vty, ir.Undefined),
-                                ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
                             a = accs[oi][p]
-                            b.store(vector_call(b, "fma", splat, v, b.load(a, typ=vty)), a)
+                            b.store(vector_call(b, "fma", splat(b, scalars[oi], vty), v,
+                                                b.load(a, typ=vty)), a)
             for_range(b, 0, kd_n, lambda kd: for_range(
                 b, 0, kh_n, lambda kh: window_row(kd, kh), name="kh"), name="kd")
         for_range(b, 0, d.cin, channel, name="c")
@@ -186,7 +173,7 @@ def emit_sample(b, d, x_s, w, y_s, ty, vw):
             for p, ((j0, n), vty) in enumerate(zip(segment, vtys)):
                 b.store(b.load(accs[oi][p], typ=vty), gep(b, out, j0, ty), align=align)
 
-    pieces = chunks(ow, vw)
+    pieces = line_pieces(ow, vw)
     for segment in _segments(pieces, budget):
         per = max(1, budget // len(segment))
         for o0, count in _blocks(d.cout, per):

@@ -16,16 +16,8 @@ import itertools
 
 from llvmlite import ir
 
-from .loops import for_range, gep, i64, vector_call
-from .pooling_tiled import chunks
-
-ACCUMULATORS = {64: 28, 32: 12, 16: 12}
-"""Vector accumulators per pass, by vector size in bytes: 32 zmm registers leave room for the
-dy vector and the input's; 16 ymm do not hold more than 12 beside them."""
-
-
-def _budget(itemsize, vw):
-    return ACCUMULATORS.get(vw * itemsize, 12)
+from .loops import (accumulator_budget, element_size, entry_alloca, for_range, gep, i64,
+                    line_pieces, vector_call)
 
 
 def applies(g, itemsize, vw):
@@ -33,13 +25,13 @@ def applies(g, itemsize, vw):
     run inside the line), and a window row that fits in the accumulators."""
     kw, d2 = g.window[2], g.dilation[2]
     return g.stride[2] == 1 and g.low[2] == 0 and g.out[2] - 1 + (kw - 1) * d2 < g.inp[2] \
-        and kw <= _budget(itemsize, vw)
+        and kw <= accumulator_budget(itemsize, vw)
 
 
 def _row_groups(g, itemsize, vw):
     """The window's (kd, kh) rows in passes, as many whole rows per pass as fit."""
     rows = list(itertools.product(range(g.window[0]), range(g.window[1])))
-    per = max(1, _budget(itemsize, vw) // g.window[2])
+    per = max(1, accumulator_budget(itemsize, vw) // g.window[2])
     return [rows[i:i + per] for i in range(0, len(rows), per)]
 
 
@@ -69,17 +61,14 @@ def emit_chunk(b, g, x, dy, part, s_lo, s_hi, ty, vw):
     kd_n, kh_n, kw_n = g.window
     og, cg = g.o // g.groups, g.c // g.groups
     positions, plane = od_n * oh_n * ow, id_ * ih * iw
-    pieces = chunks(ow, vw)
+    pieces = line_pieces(ow, vw)
     lanes = pieces[0][1]
     vty = ir.VectorType(ty, lanes)
-    align = 8 if isinstance(ty, ir.DoubleType) else 4
+    align = element_size(ty)
     zero = ir.Constant(vty, [0.0] * lanes)
     win = kd_n * kh_n * kw_n
-    entry = b.function.entry_basic_block
     groups = _row_groups(g, align, vw)
-    with b.goto_block(entry):
-        b.position_at_start(entry)
-        acc = [b.alloca(vty, name=f"acc{i}") for i in range(len(groups[0]) * kw_n)]
+    acc = [entry_alloca(b, vty) for _ in range(len(groups[0]) * kw_n)]
 
     def oriented(k, n):
         return k if g.flipped else n - 1 - k

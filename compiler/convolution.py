@@ -66,12 +66,12 @@ def direct(g, mode, dtype, vw):
 
 
 def _work_elements(g, mode, dtype, vw):
-    """A task's scratch: its padded input copy on the direct paths, else its patch block and
-    packing buffers."""
-    if not direct(g, mode, dtype, vw):
-        return task_regions(g, mode, dtype, vw)[3]
-    return _round(conv_direct.scratch_elements(conv_direct.plan(g, mode))) \
-        if mode != "filter" else 0
+    """A task's scratch: its padded input copy on the direct paths (none for the weight
+    gradient), else its patch block and packing buffers."""
+    plan = conv_direct.plan(g, mode)
+    if plan is not None:
+        return _round(conv_direct.scratch_elements(plan))
+    return 0 if direct(g, mode, dtype, vw) else task_regions(g, mode, dtype, vw)[3]
 
 
 def conv_buffers(g, mode, dtype, vw, threads):
@@ -196,19 +196,23 @@ def emit_task(module, kern, name, ty, vw):
     g, mode = kern.geometry, kern.mode
     dtype = np.dtype(kern.out.dtype)
     is_f32 = dtype.itemsize == 4
-    gemm = declare_serial_gemm(module, ty, vw)
-    patches_fn = emit_patches(module, g, ty, name + ".patches") if mode != "transpose" else None
-    unpatch_fn = emit_unpatches(module, g, ty, name + ".unpatch") if mode == "transpose" \
-        else None
+    direct_path, plan = direct(g, mode, dtype, vw), conv_direct.plan(g, mode)
+    if not direct_path:
+        gemm = declare_serial_gemm(module, ty, vw)
+        patches_fn = emit_patches(module, g, ty, name + ".patches") if mode != "transpose" \
+            else None
+        unpatch_fn = emit_unpatches(module, g, ty, name + ".unpatch") if mode == "transpose" \
+            else None
     task = internal_function(module, name + ".task", [PTR, I64])
     words, t = task.args
     b = ir.IRBuilder(task.append_basic_block("entry"))
     first, second, out, work, partials = (
         b.inttoptr(b.load(gep(b, words, k, I64), typ=I64), PTR) for k in range(5))
     n = b.load(gep(b, words, 5, I64), typ=I64)
-    p_off, a_off, b_off, total = task_regions(g, mode, dtype, vw)
-    mine = gep(b, work, b.mul(t, i64(total)), ty)
-    patches, pack_a, pack_b = (gep(b, mine, off, ty) for off in (p_off, a_off, b_off))
+    mine = gep(b, work, b.mul(t, i64(_work_elements(g, mode, dtype, vw))), ty)
+    if not direct_path:
+        patches, pack_a, pack_b = (gep(b, mine, off, ty)
+                                   for off in task_regions(g, mode, dtype, vw)[:3])
     og, rows, cg = g.o // g.groups, g.patch_rows(), g.c // g.groups
     plane_in = g.inp[0] * g.inp[1] * g.inp[2]
     positions = g.out[0] * g.out[1] * g.out[2]
@@ -261,15 +265,12 @@ def emit_task(module, kern, name, ty, vw):
         for_range(b, 0, g.groups, group, name="group")
         finish(s)
 
-    plan = conv_direct.plan(g, mode) if mode != "filter" and direct(g, mode, dtype, vw) \
-        else None
     if plan is not None:
         def direct_sample(s):
             x_s = gep(b, first, b.mul(s, i64(plan.groups * plan.cin * math.prod(plan.src))), ty)
             if plan.padded():
-                scratch = gep(b, work, b.mul(t, i64(_work_elements(g, mode, dtype, vw))), ty)
-                conv_direct.copy_padded(b, plan, x_s, scratch, ty)
-                x_s = scratch
+                conv_direct.copy_padded(b, plan, x_s, mine, ty)
+                x_s = mine
             y_s = gep(b, out, b.mul(s, i64(plan.groups * plan.cout * math.prod(plan.out))), ty)
             conv_direct.emit_sample(b, plan, x_s, second, y_s, ty, vw)
             finish(s)
@@ -277,7 +278,7 @@ def emit_task(module, kern, name, ty, vw):
     elif mode == "filter":
         def chunk(j):
             part = gep(b, partials, b.mul(j, i64(g.o * rows)), ty)
-            if direct(g, mode, dtype, vw):
+            if direct_path:
                 conv_filter_direct.emit_chunk(b, g, first, second, part,
                                               *share(b, j, FILTER_CHUNKS, n), ty, vw)
                 return
@@ -311,24 +312,7 @@ def emit_combine(module, kern, name, ty):
     return fn
 
 
-def _epilogue_values(body, kern, emit_epilogue):
-    """The epilogue's function (made by lower.emit_epilogue) and its buffers' pointers, as the
-    task's last two words."""
-    if kern.epilogue is None:
-        return []
-    epi = kern.epilogue
-    fn = body.function(epi, emit_epilogue, "epilogue")
-    epi.function = fn.name
-    pointers = body.pointers(epi)
-    with body.b.goto_entry_block():
-        body.b.position_before(body.fn.entry_basic_block.instructions[0])
-        words = body.b.alloca(I64, size=len(pointers), name="epilogue_args")
-    for k, ptr in enumerate(pointers):
-        body.b.store(body.b.ptrtoint(ptr, I64), gep(body.b, words, k, I64))
-    return [fn, words]
-
-
-def call_conv(body, kern, ty, vw, emit_epilogue):
+def call_conv(body, kern, ty, vw):
     """The kernel's call in the step: its tasks, split across the pool when the pool says it
     pays, then (filter gradient) the chunks' sum."""
     task = body.function(kern, lambda module, k, name: emit_task(module, k, name, ty, vw))
@@ -339,7 +323,8 @@ def call_conv(body, kern, ty, vw, emit_epilogue):
     partials = body.base(kern.partials) if kern.partials is not None else \
         ir.Constant(PTR, None)
     values = [body.at(kern.first), body.at(kern.second), body.at(kern.out),
-              body.base(kern.work), partials, n] + _epilogue_values(body, kern, emit_epilogue)
+              body.base(kern.work), partials, n] + (
+        list(body.epilogue(kern)) if kern.epilogue is not None else [])     # words 6 and 7
     body.run_tasks(task, values, kern.tasks, kern.flops(), sum(
         lay.nbytes() for lay in kern.layouts()), thread_pool.WORK_KINDS.index("flops"))
     if kern.mode == "filter":

@@ -73,3 +73,47 @@ def concat_vectors(b, parts):
         mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * width), list(range(2 * width)))
         parts = [b.shuffle_vector(parts[i], parts[i + 1], mask) for i in range(0, len(parts), 2)]
     return parts[0]
+
+
+def element_size(ty):
+    """Bytes of a float element (its natural alignment)."""
+    return 8 if isinstance(ty, ir.DoubleType) else 4
+
+
+def splat(b, x, vty):
+    """A vector of type `vty` with every lane x."""
+    undef = ir.Constant(vty, ir.Undefined)
+    ins = b.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
+    return b.shuffle_vector(ins, undef, ir.Constant(ir.VectorType(ir.IntType(32), vty.count),
+                                                    [0] * vty.count))
+
+
+def entry_alloca(b, ty):
+    """A slot at the start of the function's entry block, where LLVM promotes it to a
+    register (an accumulator carried across loops)."""
+    entry = b.function.entry_basic_block
+    with b.goto_block(entry):
+        b.position_at_start(entry)
+        return b.alloca(ty)
+
+
+def line_pieces(n, vw):
+    """(first element, lanes) of vectors covering a line of `n` elements: vectors of `vw`
+    lanes, then one per set bit of what is left (12 = 8 + 4), so there is no masked tail."""
+    out, j, lanes = [], 0, vw
+    while j < n:
+        while lanes > n - j:
+            lanes //= 2
+        out.append((j, lanes))
+        j += lanes
+    return out
+
+
+ACCUMULATORS = {64: 28, 32: 12, 16: 12}
+"""Vector accumulators a kernel may keep in registers, by vector size in bytes: 32 zmm
+registers leave room for the operands' vectors; 16 ymm or xmm do not hold more than 12
+beside them."""
+
+
+def accumulator_budget(itemsize, vw):
+    return ACCUMULATORS.get(vw * itemsize, 12)

@@ -444,7 +444,7 @@ class _Body:
         self.bufs.name, self.scalars.name = "bufs", "scalars"
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.arena = self.b.load(gep(self.b, self.bufs, 0, PTR), typ=PTR, name="arena")
-        self.words, self.words_size = None, 0
+        self.arrays = {}
         self.n = None
 
     def base(self, buf):
@@ -561,12 +561,28 @@ class _Body:
     def task_arguments(self, n):
         """An i64 array in this function's frame for a task's arguments (one per function,
         as large as its largest task needs: tasks run one after another)."""
-        if self.words is None or self.words_size < n:
+        return self._frame_array("task_args", n)
+
+    def _frame_array(self, name, n):
+        size, array = self.arrays.get(name, (0, None))
+        if size < n:
             with self.b.goto_entry_block():
                 self.b.position_before(self.fn.entry_basic_block.instructions[0])
-                self.words = self.b.alloca(I64, size=max(n, 16), name="task_args")
-                self.words_size = max(n, 16)
-        return self.words
+                array = self.b.alloca(I64, size=max(n, 16), name=name)
+            self.arrays[name] = max(n, 16), array
+        return array
+
+    def epilogue(self, kern):
+        """(function, argument words) for `kern`'s epilogue (compiler.epilogue): the words hold
+        its buffers' pointers, in an array of their own, since a convolution passes them on
+        inside its task's arguments."""
+        epi = kern.epilogue
+        fn = self.function(epi, emit_epilogue, "epilogue")
+        epi.function = fn.name
+        words = self._frame_array("epilogue_args", len(epi.buffers()))
+        for k, ptr in enumerate(self.pointers(epi)):
+            self.b.store(self.b.ptrtoint(ptr, I64), gep(self.b, words, k, I64))
+        return fn, words
 
     def task(self, fn, n_buffers, batched, chunked):
         """`void fn.task(ptr args, i64 chunk)`: rows [chunk * per, min(that + per, extent))
@@ -601,12 +617,7 @@ def _call_gemm(body, kern):
     ldc = kern.out.strides[0] if kern.m > 1 else kern.n
     epilogue, words = ir.Constant(ir.PointerType(EPILOGUE_TYPE), None), ir.Constant(PTR, None)
     if kern.epilogue is not None:
-        epi = kern.epilogue
-        epilogue = body.function(epi, emit_epilogue, "epilogue")
-        epi.function = epilogue.name
-        words = body.task_arguments(len(epi.buffers()))
-        for k, ptr in enumerate(body.pointers(epi)):
-            b.store(b.ptrtoint(ptr, I64), gep(b, words, k, I64))
+        epilogue, words = body.epilogue(kern)
     b.call(fn, [body.at(kern.a), body.at(kern.b), body.at(kern.out), body.base(kern.pack_a),
                 body.base(kern.pack_b), body.base(kern.thread_scratch)]
            + sizes + [i64(v) for v in kern.a.strides + kern.b.strides] + [i64(ldc)]
@@ -625,8 +636,7 @@ EMITTERS = {
     "finite_check": lambda body, kern: _call_finite_check(body, kern),
     "gemm": _call_gemm,
     "conv": lambda body, kern: call_conv(body, kern, llvm_type(kern.out.dtype),
-                                         body.vector_width[np.dtype(kern.out.dtype)],
-                                         emit_epilogue),
+                                         body.vector_width[np.dtype(kern.out.dtype)]),
     "pool": lambda body, kern: call_pool(body, kern, llvm_type(kern.out.dtype),
                                          body.vector_width[np.dtype(kern.out.dtype)]),
 }

@@ -8,26 +8,12 @@ it against NR/VW vectors of B. With AVX2 float32 that is 6 x 16: 12 ymm accumula
 from llvmlite import ir
 
 from . import thread_pool
-from .loops import I64, for_range, gep, i64, smin
+from .loops import I64, element_size, for_range, gep, i64, smin, splat, vector_call
 
 MR = 6
 KC = 256
 MC = 72
 NC = {True: 256, False: 128}     # by "is float32": a packed B block stays within L2
-
-
-def _fma(module, vty):
-    name = f"llvm.fma.v{vty.count}{'f64' if isinstance(vty.element, ir.DoubleType) else 'f32'}"
-    if name in module.globals:
-        return module.globals[name]
-    return ir.Function(module, ir.FunctionType(vty, [vty] * 3), name=name)
-
-
-def _splat(b, x, vty):
-    undef = ir.Constant(vty, ir.Undefined)
-    ins = b.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
-    mask = ir.Constant(ir.VectorType(ir.IntType(32), vty.count), [0] * vty.count)
-    return b.shuffle_vector(ins, undef, mask)
 
 
 def _micro_kernel(module, name, ty, vw):
@@ -41,9 +27,8 @@ def _micro_kernel(module, name, ty, vw):
     ap, bp, c, ldc, kc, acc_flag, rows, cols = fn.args
     for a in (ap, bp, c):
         a.add_attribute("noalias")
-    align = 8 if isinstance(ty, ir.DoubleType) else 4
+    align = element_size(ty)
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    fma = _fma(module, vty)
     entry = b.block
     loop = fn.append_basic_block("k")
     out = fn.append_basic_block("store")
@@ -61,8 +46,8 @@ def _micro_kernel(module, name, ty, vw):
     new = []
     for r in range(MR):
         a = b.load(gep(b, ap, b.add(b.mul(k, i64(MR)), i64(r)), ty), typ=ty, align=align)
-        av = _splat(b, a, vty)
-        new.append([b.call(fma, [av, bvec[j], acc[r][j]]) for j in range(2)])
+        av = splat(b, a, vty)
+        new.append([vector_call(b, "fma", av, bvec[j], acc[r][j]) for j in range(2)])
     for r in range(MR):
         for j in range(2):
             acc[r][j].add_incoming(new[r][j], loop)
@@ -299,7 +284,7 @@ def _full_or_edge(b, full, contiguous, kc, per_k, contiguous_rows, name):
 def _define_gemm(module, name, ty, vw):
     nr = 2 * vw
     vty = ir.VectorType(ty, vw)
-    align = 8 if isinstance(ty, ir.DoubleType) else 4
+    align = element_size(ty)
     mc_cap = MC
     uk = _micro_kernel(module, name + ".uk", ty, vw)
     fn = ir.Function(module, _serial_type(), name=name)

@@ -38,13 +38,6 @@ def _positions(b, window, body):
         b, 0, window[2], lambda kw: body(kd, kh, kw), name="pw"), name="ph"), name="pd")
 
 
-def _tiles(g):
-    """Whether the windows tile the input exactly (stride = window, no padding, nothing left
-    over): every input element is then in one window, so a gradient is stored, not added."""
-    return all(lo == 0 and s == k and n % k == 0 and o == n // k
-               for lo, s, k, n, o in zip(g.low, g.stride, g.window, g.inp, g.out))
-
-
 def _emit_plane(module, kern, name, ty, vw):
     """void name.plane(ptr x, ptr dy, ptr out): one plane, its pointers noalias so that the
     stores into `out` do not make LLVM reload the inputs."""
@@ -61,7 +54,7 @@ def _emit_plane(module, kern, name, ty, vw):
     plane_in = math.prod(g.inp)
     size = float(math.prod(g.window))
     checks = _needs_checks(g)
-    direct = mode == "max_grad" and _tiles(g)
+    direct = mode == "max_grad" and pooling_tiled.tiles(g)
     if mode.endswith("grad") and not direct:
         for_range(b, 0, plane_in, lambda e: b.store(ir.Constant(ty, 0.0), gep(b, out_p, e, ty)),
                   name="zero")

@@ -9,14 +9,14 @@ element equal to it or the first NaN, in row-major window order. A gradient's kw
 a row are interleaved back by shuffles and stored as one vector, so nothing is added: the
 windows tile, every input element belongs to exactly one.
 
-A line of `ow` outputs is covered by chunks of V = the vector width, then one chunk per set
-bit of what is left (12 = 8 + 4), so there is no masked tail."""
+A line of `ow` outputs is covered by loops.line_pieces: vectors of the full width, then one
+per set bit of what is left, so there is no masked tail."""
 import itertools
 import math
 
 from llvmlite import ir
 
-from .loops import concat_vectors, for_range, gep, i64, vector_call
+from .loops import concat_vectors, element_size, for_range, gep, i64, line_pieces, vector_call
 
 MAX_COLUMNS = 8
 
@@ -26,21 +26,14 @@ def applies(g, mode, unroll):
     enough window positions to unroll, and a power-of-two window width."""
     kw = g.window[2]
     return mode in ("max", "max_grad") and math.prod(g.window) <= unroll \
-        and kw <= MAX_COLUMNS and kw & (kw - 1) == 0 \
-        and all(lo == 0 and s == k and n % k == 0 and o == n // k
-                for lo, s, k, n, o in zip(g.low, g.stride, g.window, g.inp, g.out))
+        and kw <= MAX_COLUMNS and kw & (kw - 1) == 0 and tiles(g)
 
 
-def chunks(ow, vw):
-    """(first output, lanes) of the chunks covering a line of `ow` outputs."""
-    out, j = [], 0
-    lanes = vw
-    while j < ow:
-        while lanes > ow - j:
-            lanes //= 2
-        out.append((j, lanes))
-        j += lanes
-    return out
+def tiles(g):
+    """Whether the windows tile the input exactly (stride = window, no padding, nothing left
+    over): every input element is then in one window, so a gradient is stored, not added."""
+    return all(lo == 0 and s == k and n % k == 0 and o == n // k
+               for lo, s, k, n, o in zip(g.low, g.stride, g.window, g.inp, g.out))
 
 
 def _interleave(b, parts):
@@ -68,14 +61,14 @@ def emit_lines(b, g, mode, x_p, dy_p, out_p, ty, vw):
     kd_n, kh_n, kw = g.window
     ih, iw = g.inp[1], g.inp[2]
     oh_n, ow = g.out[1], g.out[2]
-    align = 8 if isinstance(ty, ir.DoubleType) else 4
+    align = element_size(ty)
 
     def line(od, oh):
         out_line = b.mul(b.add(b.mul(od, i64(oh_n)), oh), i64(ow))
         rows = [b.mul(b.add(b.mul(b.add(b.mul(od, i64(kd_n)), i64(kd)), i64(ih)),
                             b.add(b.mul(oh, i64(kh_n)), i64(kh))), i64(iw))
                 for kd, kh in itertools.product(range(kd_n), range(kh_n))]
-        for j0, lanes in chunks(ow, vw):
+        for j0, lanes in line_pieces(ow, vw):
             vty, wide = ir.VectorType(ty, lanes), ir.VectorType(ty, lanes * kw)
             starts = [b.add(r, i64(j0 * kw)) for r in rows]
             values = [v for s in starts for v in _columns(

@@ -45,26 +45,6 @@ def test_a_bias_gradient_sum_is_not_fused_into_the_backward_product():
     assert all("+" not in row["name"] for row in art.stats["kernel_table"])
 
 
-def test_a_training_step_with_epilogues_at_a_shorter_batch_matches_eager():
-    def build():
-        rng = np.random.default_rng(3)
-        init = lambda *d: gf.glorot_uniform(*d, rng=rng)  # noqa: E731
-        return gf.Chain(gf.Dense(37, 64, gf.relu, init=init), gf.Dense(64, 9, init=init))
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((100, 37)).astype(np.float32)
-    y = gf.onehotbatch(rng.integers(0, 9, 100), range(9))
-    out = {}
-    for mode in ("compiled", "eager"):
-        m = build()
-        step = gf.compile(lambda x, y: gf.losses.logitcrossentropy(m(x), y), gf.params(m),
-                          gf.Descent(0.1), mode=mode)
-        out[mode] = [step(x, y), step(x[:61], y[:61]), step(x[:1], y[:1])]
-        if mode == "compiled":
-            names = [r["name"] for r in step.lower(x, y).stats["kernel_table"]]
-            assert any("+" in name and "relu" in name for name in names), names
-    np.testing.assert_allclose(out["compiled"], out["eager"], rtol=1e-5)
-
-
 @pytest.mark.parametrize("stride", [1, 2])
 def test_bias_and_activation_fused_into_a_convolution_match_the_reference(stride):
     """Stride 1 takes the direct kernel, a width stride of 2 the GEMM path; each calls the
@@ -89,22 +69,35 @@ def test_bias_and_activation_fused_into_a_convolution_match_the_reference(stride
     assert not any(name.startswith("k") and "_add_tanh" in name for name in names), names
 
 
-def test_a_cnn_step_with_conv_epilogues_at_a_shorter_batch_matches_eager():
+
+def _dense(init):
+    return gf.Chain(gf.Dense(37, 64, gf.relu, init=init), gf.Dense(64, 9, init=init))
+
+
+def _cnn(init):
+    return gf.Chain(gf.Conv((3, 3), 1, 4, gf.relu, init=init), gf.MaxPool((2, 2)),
+                    gf.flatten, gf.Dense(36, 3, init=init))
+
+
+@pytest.mark.parametrize("layers,seeds,sample,n,classes,short,fused", [
+    (_dense, (3, 4), (37,), 100, 9, 61, lambda name: "+" in name and "relu" in name),
+    (_cnn, (5, 6), (1, 8, 8), 20, 3, 13,
+     lambda name: name.startswith("conv_forward") and "+" in name)], ids=["dense", "cnn"])
+def test_a_training_step_with_epilogues_at_a_shorter_batch_matches_eager(
+        layers, seeds, sample, n, classes, short, fused):
     def build():
-        rng = np.random.default_rng(5)
-        init = lambda *d: gf.glorot_uniform(*d, rng=rng)  # noqa: E731
-        return gf.Chain(gf.Conv((3, 3), 1, 4, gf.relu, init=init), gf.MaxPool((2, 2)),
-                        gf.flatten, gf.Dense(36, 3, init=init))
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((20, 1, 8, 8)).astype(np.float32)
-    y = gf.onehotbatch(rng.integers(0, 3, 20), range(3))
+        rng = np.random.default_rng(seeds[0])
+        return layers(lambda *d: gf.glorot_uniform(*d, rng=rng))
+    rng = np.random.default_rng(seeds[1])
+    x = rng.standard_normal((n,) + sample).astype(np.float32)
+    y = gf.onehotbatch(rng.integers(0, classes, n), range(classes))
     out = {}
     for mode in ("compiled", "eager"):
         m = build()
         step = gf.compile(lambda x, y: gf.losses.logitcrossentropy(m(x), y), gf.params(m),
                           gf.Descent(0.1), mode=mode)
-        out[mode] = [step(x, y), step(x[:13], y[:13]), step(x[:1], y[:1])]
+        out[mode] = [step(x, y), step(x[:short], y[:short]), step(x[:1], y[:1])]
         if mode == "compiled":
             names = [r["name"] for r in step.lower(x, y).stats["kernel_table"]]
-            assert any(n.startswith("conv_forward") and "+" in n for n in names), names
+            assert any(fused(name) for name in names), names
     np.testing.assert_allclose(out["compiled"], out["eager"], rtol=1e-5)
